@@ -1,0 +1,9 @@
+"""skuld: self-supervised per-pixel embeddings for medical images, behind scikit-learn estimators.
+
+Implements "Unsupervised Local Discrimination for Medical Images" (Chen et al., arXiv 2108.09440).
+"""
+
+from .encoder import LocalDiscriminativeEncoder
+
+__version__ = "0.1.0"
+__all__ = ["LocalDiscriminativeEncoder", "__version__"]

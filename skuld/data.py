@@ -1,0 +1,105 @@
+"""Training data: working resolution, random resized crops and the pair dataset fed to workers.
+
+Every random choice of sample ``i`` comes from ``numpy.random.default_rng([seed, i])``, so a
+batch depends only on the seed and the step, never on the number of workers or on where an
+interrupted run resumed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .io import ImageCollection
+
+
+def working_shape(height: int, width: int, image_size: int | None) -> tuple[int, int]:
+    """Shape an image is resized to before the network sees it: shorter side = ``image_size``.
+
+    ``image_size=None`` keeps the native resolution.
+    """
+    if image_size is None:
+        return height, width
+    scale = image_size / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """float32 (H, W, C) array -> (C, H, W) tensor (a view when possible)."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (C, H, W) or (N, C, H, W), antialiased when shrinking."""
+    squeeze = x.ndim == 3
+    if squeeze:
+        x = x[None]
+    if tuple(x.shape[-2:]) != tuple(size):
+        shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return x[0] if squeeze else x
+
+
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], rng: np.random.Generator, ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a crop covering a random fraction ``scale`` of the image area with
+    a random aspect ratio (log-uniform in ``ratio``); falls back to the largest centred crop."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+class PairCropDataset(torch.utils.data.Dataset):
+    """Sample ``i`` -> two random resized crops, of two different images when there are two.
+
+    The crop box is drawn in working-resolution coordinates (shorter side ``image_size``) and
+    cut from the original image, which is resized once, directly to ``crop_size``.
+
+    Returns a float32 tensor of shape ``(2, C, crop_size, crop_size)`` in [0, 1].
+    """
+
+    def __init__(self, images: ImageCollection, crop_size: int, image_size: int | None, scale, seed: int, length: int):
+        self.images = images
+        self.crop_size = crop_size
+        self.image_size = image_size
+        self.scale = scale
+        self.seed = seed
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _crop(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        img = self.images[index]
+        h, w = img.shape[:2]
+        wh, ww = working_shape(h, w, self.image_size)
+        top, left, ch, cw = random_resized_crop_box(wh, ww, self.scale, rng)
+        sy, sx = h / wh, w / ww
+        y0, x0 = int(round(top * sy)), int(round(left * sx))
+        y1, x1 = max(y0 + 1, int(round((top + ch) * sy))), max(x0 + 1, int(round((left + cw) * sx)))
+        return resize(to_tensor(img[y0:y1, x0:x1]), (self.crop_size, self.crop_size))
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, int(i)])
+        n = len(self.images)
+        first, second = rng.choice(n, size=2, replace=False) if n > 1 else (0, 0)
+        return torch.stack([self._crop(int(first), rng), self._crop(int(second), rng)])
+
+
+def worker_init(_worker_id: int) -> None:
+    """One intra-op thread per loader worker: the workers already run in parallel."""
+    torch.set_num_threads(1)

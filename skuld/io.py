@@ -1,0 +1,231 @@
+"""Reading and validating images.
+
+Conventions used everywhere in skuld
+------------------------------------
+* An image is an array of shape ``(H, W)`` (gray) or ``(H, W, 3)`` (RGB), rows first: pixel
+  ``(row, col)`` is ``image[row, col]``; the origin is the top-left corner.
+* Integer images are scaled to [0, 1] by their dtype's maximum (uint8 by 255, uint16 by
+  65535); float images are taken to be intensities in [0, 1] already; bool becomes 0/1.
+* Internally every image is a float32 array of shape ``(H, W, C)`` with ``C`` in {1, 3}.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: File extensions picked up when a directory is given.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".pgm", ".ppm")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read or decoded; the message names the file."""
+
+
+def expand_paths(spec: str | os.PathLike) -> list[str]:
+    """A directory, a glob pattern or a single file -> sorted list of image paths.
+
+    Sorting makes the order, and so any random split or sampling, independent of the order
+    in which the file system lists a directory.
+    """
+    spec = os.fspath(spec)
+    if os.path.isdir(spec):
+        paths = [
+            os.path.join(spec, f) for f in os.listdir(spec) if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        ]
+    elif any(ch in spec for ch in "*?["):
+        paths = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+    elif os.path.isfile(spec):
+        paths = [spec]
+    else:
+        raise FileNotFoundError(f"no such file, directory or glob match: {spec!r}")
+    if not paths:
+        raise ValueError(f"no image files found in {spec!r} (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(paths)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode one image file (PNG, JPEG, TIFF, BMP, GIF, DICOM, ...) into a raw array.
+
+    Raises :class:`ImageReadError` naming the path when the file is missing or corrupt.
+    """
+    import imageio.v3 as iio
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(f"image file not found: {path}")
+    errors = []
+    for kwargs in ({}, {"plugin": "pillow"}):
+        try:
+            img = iio.imread(path, **kwargs)
+            break
+        except Exception as exc:  # imageio raises many types depending on the plugin
+            errors.append(f"{type(exc).__name__}: {exc}")
+    else:
+        raise ImageReadError(f"cannot read image {path}: {errors[-1]}")
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[0] > 1 and img.shape[-1] not in (1, 2, 3, 4):
+        img = img[0]  # multi-frame file (animated GIF, TIFF stack): first frame
+    if img.ndim == 4:
+        img = img[0]
+    return img
+
+
+def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = False) -> np.ndarray:
+    """Validate one raw image and return it as float32 ``(H, W, C)`` in [0, 1], C in {1, 3}.
+
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)``; with ``drop_alpha`` (used for files)
+    also gray+alpha ``(H, W, 2)`` and RGBA ``(H, W, 4)``, whose alpha channel is dropped.
+    """
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(
+            f"{name} must have shape (H, W) or (H, W, C) with C in (1, 3), got shape {img.shape}"
+        )
+    c = img.shape[2]
+    if c == 2 and drop_alpha:
+        img = img[:, :, :1]
+    elif c == 4 and drop_alpha:
+        img = img[:, :, :3]
+    elif c not in (1, 3):
+        raise ValueError(f"{name} has {c} channels; skuld takes 1 (gray) or 3 (RGB) channels, shape {img.shape}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"{name} is empty, shape {img.shape}")
+    if img.dtype == bool:
+        out = img.astype(np.float32)
+    elif np.issubdtype(img.dtype, np.integer):
+        info = np.iinfo(img.dtype)
+        if info.min < 0:
+            raise ValueError(f"{name} has signed integer dtype {img.dtype}; convert it to float in [0, 1] first")
+        out = img.astype(np.float32) / (255.0 if info.max <= 255 else float(info.max))
+    elif np.issubdtype(img.dtype, np.floating):
+        out = img.astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"{name} has unsupported dtype {img.dtype}")
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return out
+
+
+def convert_channels(img: np.ndarray, n_channels: int) -> np.ndarray:
+    """Gray (H, W, 1) <-> RGB (H, W, 3) conversion (luma weights 0.299, 0.587, 0.114)."""
+    c = img.shape[2]
+    if c == n_channels:
+        return img
+    if n_channels == 3:
+        return np.repeat(img, 3, axis=2)
+    return (img @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[:, :, None]
+
+
+def is_gray_rgb(img: np.ndarray) -> bool:
+    """True for a 3-channel image whose channels are equal (a gray image saved as RGB)."""
+    return img.shape[2] == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+
+
+class ImageCollection:
+    """A validated, ordered collection of images, held in memory or read from files on demand.
+
+    Parameters
+    ----------
+    X : array of shape (n, H, W) or (n, H, W, C), a sequence of (H, W[, C]) arrays of any
+        sizes, a sequence of file paths, or one directory / glob pattern / file path.
+    n_channels : {1, 3} or None
+        Channel count to enforce. None: decided by the data (arrays must all agree; for
+        files, gray unless the first file is a true colour image).
+    strict_channels : bool
+        When True (arrays) a channel mismatch is an error; files are always converted.
+
+    Attributes
+    ----------
+    n_channels : int
+    is_ragged : bool
+        True unless ``X`` was one stacked array (then outputs are stacked too).
+    """
+
+    def __init__(self, X, n_channels: int | None = None, name: str = "X"):
+        self.name = name
+        self.is_ragged = True
+        if isinstance(X, (str, os.PathLike)):
+            X = expand_paths(X)
+        if isinstance(X, np.ndarray) and X.dtype != object:
+            if X.ndim not in (3, 4):
+                raise ValueError(
+                    f"{name} must be images of shape (n_images, H, W) or (n_images, H, W, C), a list of "
+                    f"images or a list of file paths; got an array of shape {X.shape}"
+                )
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty: no images")
+            self.is_ragged = False
+            items: list = list(X)
+        elif isinstance(X, Sequence) or (isinstance(X, np.ndarray) and X.dtype == object):
+            items = list(X)
+            if not items:
+                raise ValueError(f"{name} is empty: no images")
+        else:
+            raise TypeError(f"{name} must be an array, a list of arrays or a list of paths, got {type(X).__name__}")
+
+        self._paths = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else None for x in items]
+        if any(p is not None for p in self._paths) and not all(p is not None for p in self._paths):
+            raise TypeError(f"{name} mixes file paths and arrays; give one kind")
+        self.from_files = self._paths[0] is not None
+        self._arrays: list[np.ndarray | None]
+        if self.from_files:
+            self._arrays = [None] * len(items)
+            if n_channels is None:
+                first = to_float_image(read_image(self._paths[0]), f"image file {self._paths[0]}", drop_alpha=True)
+                n_channels = 1 if first.shape[2] == 1 or is_gray_rgb(first) else 3
+        else:
+            self._arrays = [to_float_image(x, f"{name}[{i}]") for i, x in enumerate(items)]
+            channels = {a.shape[2] for a in self._arrays}
+            if len(channels) > 1:
+                raise ValueError(f"{name} mixes gray and RGB images; convert them to one channel count")
+            found = channels.pop()
+            if n_channels is not None and found != n_channels:
+                raise ValueError(
+                    f"{name} has {found} channel(s) but the model was fitted on {n_channels}-channel images"
+                )
+            n_channels = found
+        self.n_channels = n_channels
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def describe(self, i: int) -> str:
+        return f"image file {self._paths[i]}" if self.from_files else f"{self.name}[{i}]"
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Image i as float32 (H, W, n_channels) in [0, 1] (files are read now, not cached)."""
+        if self._arrays[i] is not None:
+            return self._arrays[i]
+        img = to_float_image(read_image(self._paths[i]), self.describe(i), drop_alpha=True)
+        return convert_channels(img if not is_gray_rgb(img) else img[:, :, :1], self.n_channels)
+
+    def shape(self, i: int) -> tuple[int, int]:
+        """(H, W) of image i (reads the file for file collections)."""
+        return tuple(self[i].shape[:2])
+
+    @property
+    def paths(self) -> list[str | None]:
+        return list(self._paths)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write a file atomically: ``write(tmp_path)`` then rename over ``path``.
+
+    A crash or Ctrl-C mid-write leaves any previous file at ``path`` intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,242 @@
+"""The Local Discrimination network: a narrow VGG-16-BN encoder, a U-Net decoder and two heads.
+
+All modules take and return tensors of shape ``(N, C, H, W)``; ``H`` and ``W`` must be
+multiples of :data:`SIZE_MULTIPLE` (the encoder halves the resolution four times).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Input height and width must be multiples of this (four 2x poolings).
+SIZE_MULTIPLE = 16
+
+#: Channel configuration of the narrow VGG-16-BN encoder; "M" is a 2x2 max-pool.
+VGG16_NARROW = (16, 16, "M", 32, 32, "M", 64, 64, 64, "M", 128, 128, 128, "M", 128, 128, 128, "M")
+
+#: Decoder levels from coarse to fine: (middle width, output width) of the two convolutions
+#: after each x2 upsampling and skip concatenation. The last level is the full-resolution trunk.
+DECODER_WIDTHS = ((128, 64), (64, 32), (32, 16), (32, 32))
+
+
+def _scaled(width: int, multiplier: float) -> int:
+    return max(1, int(round(width * multiplier)))
+
+
+def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution, batch norm and ReLU, the building block of every part of the network."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def check_spatial_size(x: torch.Tensor) -> None:
+    """Raise a ValueError naming the shape unless ``x`` is ``(N, C, H, W)`` with H, W multiples of 16."""
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch of shape (N, C, H, W), got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h == 0 or w == 0:
+        raise ValueError(
+            f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {h} x {w}; "
+            "pad the input (the estimators do this for you)"
+        )
+
+
+class VGGEncoder(nn.Module):
+    """Narrow VGG-16-BN encoder returning the five feature maps taken before each max-pool.
+
+    Parameters
+    ----------
+    in_channels : int
+        1 (gray) or 3 (RGB).
+    width : float, default=1.0
+        Width multiplier applied to every layer (2.0 for the "x2" variant, 4.0 for the
+        channel widths of the full VGG-16).
+
+    Notes
+    -----
+    ``forward(x)`` with ``x`` of shape ``(N, in_channels, H, W)`` returns a list of five
+    tensors of shapes ``(N, c_i, H / 2**i, W / 2**i)`` for ``i = 0..4``, with ``c_i`` in
+    :attr:`out_channels` (16, 32, 64, 128, 128 at width 1). :attr:`strides` gives ``2**i``.
+    """
+
+    def __init__(self, in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        self.in_channels = in_channels
+        self.width = width
+        stages: list[nn.Sequential] = []
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG16_NARROW:
+            if item == "M":
+                stages.append(nn.Sequential(*layers))
+                layers = []
+            else:
+                out = _scaled(item, width)
+                layers.append(conv_bn_relu(channels, out))
+                channels = out
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = tuple(stage[-1][0].out_channels for stage in self.stages)
+        self.strides = tuple(2**i for i in range(len(self.stages)))
+        _kaiming_init(self)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder: nearest x2 upsampling, skip concatenation, two conv-BN-ReLU per level.
+
+    ``forward(features)`` takes the encoder's five maps and returns the full-resolution
+    trunk of shape ``(N, out_channels, H, W)`` (32 channels at width 1).
+    """
+
+    def __init__(self, encoder_channels: tuple[int, ...], width: float = 1.0):
+        super().__init__()
+        channels = encoder_channels[-1]
+        levels = []
+        for skip, (mid, out) in zip(reversed(encoder_channels[:-1]), DECODER_WIDTHS):
+            mid, out = _scaled(mid, width), _scaled(out, width)
+            levels.append(nn.Sequential(conv_bn_relu(channels + skip, mid), conv_bn_relu(mid, out)))
+            channels = out
+        self.levels = nn.ModuleList(levels)
+        self.out_channels = channels
+        _kaiming_init(self)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for level, skip in zip(self.levels, reversed(features[:-1])):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = level(torch.cat([x, skip], dim=1))
+        return x
+
+
+class Head(nn.Module):
+    """conv3x3 - BN - ReLU - conv3x3: the shared shape of the embedding and clustering heads."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = conv_bn_relu(in_channels, out_channels)
+        self.out = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        _kaiming_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+class LDNet(nn.Module):
+    """The pretraining network: encoder, decoder, embedding head and clustering head.
+
+    Parameters
+    ----------
+    in_channels : int, default=3
+        1 (gray) or 3 (RGB).
+    embedding_dim : int, default=32
+        D, the length of each pixel's unit embedding.
+    n_clusters : int, default=16
+        K, the number of soft clusters of the clustering head.
+    width : float, default=1.0
+        Width multiplier of encoder and decoder.
+
+    Notes
+    -----
+    ``trunk(x)`` maps ``(N, C, H, W)`` to the ``(N, 32, H, W)`` decoder trunk;
+    ``embed(trunk)`` gives ``(N, D, H, W)`` unit vectors (L2 norm 1 along dim 1);
+    ``cluster(trunk)`` gives ``(N, K, H, W)`` non-negative maps that sum to 1 along dim 1
+    (sigmoid then L1 normalisation, not a softmax); ``forward(x)`` returns both.
+    """
+
+    def __init__(self, in_channels: int = 3, embedding_dim: int = 32, n_clusters: int = 16, width: float = 1.0):
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        self.in_channels = in_channels
+        self.embedding_dim = embedding_dim
+        self.n_clusters = n_clusters
+        self.width = width
+        self.encoder = VGGEncoder(in_channels, width)
+        self.decoder = UNetDecoder(self.encoder.out_channels, width)
+        self.embedding_head = Head(self.decoder.out_channels, embedding_dim)
+        self.cluster_head = Head(self.decoder.out_channels, n_clusters)
+
+    def config(self) -> dict:
+        """Constructor arguments, enough to rebuild the module before loading a state dict."""
+        return dict(
+            in_channels=self.in_channels,
+            embedding_dim=self.embedding_dim,
+            n_clusters=self.n_clusters,
+            width=self.width,
+        )
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        check_spatial_size(x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the network takes {self.in_channels} channel(s), got {x.shape[1]}")
+        return self.decoder(self.encoder(x))
+
+    def embed(self, trunk: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embedding_head(trunk).float(), dim=1)
+
+    def cluster(self, trunk: torch.Tensor) -> torch.Tensor:
+        a = torch.sigmoid(self.cluster_head(trunk).float())
+        return a / a.sum(dim=1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.trunk(x)
+        return self.embed(t), self.cluster(t)
+
+
+class SegmentationUNet(nn.Module):
+    """A U-Net for downstream segmentation whose encoder can come from pretraining.
+
+    Parameters
+    ----------
+    n_classes : int
+        Output channels (logits) of the final 1x1 convolution.
+    encoder : VGGEncoder, optional
+        A pretrained encoder, e.g. ``LocalDiscriminativeEncoder(...).fit(X).export_encoder()``.
+        It is used as is (not copied). When None, a randomly initialised encoder is built
+        from ``in_channels`` and ``width``.
+    in_channels, width
+        Only used when ``encoder`` is None.
+
+    Notes
+    -----
+    ``forward(x)`` maps ``(N, C, H, W)`` (H, W multiples of 16) to logits ``(N, n_classes, H, W)``.
+    """
+
+    def __init__(self, n_classes: int, encoder: VGGEncoder | None = None, in_channels: int = 3, width: float = 1.0):
+        super().__init__()
+        self.encoder = encoder if encoder is not None else VGGEncoder(in_channels, width)
+        self.decoder = UNetDecoder(self.encoder.out_channels, self.encoder.width)
+        self.classifier = nn.Conv2d(self.decoder.out_channels, n_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_spatial_size(x)
+        return self.classifier(self.decoder(self.encoder(x)))
+
+
+def _kaiming_init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,90 @@
+"""The full Local Discrimination objective of one batch of views: which loss sees which images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .losses import (
+    area_balance_loss,
+    binary_entropy,
+    hypersphere_mixup_targets,
+    instance_spreading_loss,
+    patch_features,
+    region_discrimination_loss,
+)
+from .network import LDNet
+from .views import Views, undo_rot90
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Weights and settings of the objective (paper values as defaults).
+
+    ``patch_sigma=None`` pools patches by flat averaging; a float switches to the
+    center-sensitive Gaussian pooling (standard deviation ``patch_sigma`` x patch size).
+    """
+
+    patch_grid: int = 8
+    patch_sigma: float | None = None
+    tau_patch: float = 0.1
+    tau_region: float = 0.2
+    region_weight: float = 10.0
+    entropy_weight: float = 0.1
+    area_weight: float = 0.0
+
+
+def ld_objective(
+    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one batch.
+
+    Parameters
+    ----------
+    model : LDNet
+    x : Tensor of shape (5B or 4B, C, S, S)
+        ``views.images`` after intensity normalisation (and possibly channels-last).
+    views : Views
+        Geometry of the batch (quarter turns, mixup weights).
+    stage : {"pd", "ld"}
+        "pd": patch discrimination + mixup (warm-up); "ld": adds region discrimination,
+        entropy and the optional area prior.
+    cfg : ObjectiveConfig
+
+    Returns
+    -------
+    loss : scalar Tensor (float32)
+    parts : dict of detached scalar Tensors, one per term (kept on the device: reading them
+        forces a synchronisation, so callers do it only when they report).
+    """
+    b = views.n_items
+    n_pair = 4 * b  # two views of two images per item; the rest are mixup images
+    trunk = model.trunk(x)
+    z = model.embed(trunk)
+    u = patch_features(z, cfg.patch_grid, cfg.patch_sigma)  # (n, D, g, g)
+    u1, u2 = u[: 2 * b], undo_rot90(u[2 * b : n_pair], views.rot90_k)
+    d = u.shape[1]
+
+    def flat(t):
+        return t.permute(0, 2, 3, 1).reshape(-1, d)
+
+    parts: dict[str, torch.Tensor] = {}
+    loss = parts["patch"] = instance_spreading_loss(flat(u1), flat(u2), cfg.tau_patch)
+    if views.mix_lambda is not None:
+        targets = hypersphere_mixup_targets(u1[:b], u1[b:], views.mix_lambda)
+        parts["mixup"] = instance_spreading_loss(flat(u[n_pair:]), flat(targets), cfg.tau_patch)
+        loss = loss + parts["mixup"]
+    if stage == "ld":
+        # The clustering head only runs on the non-mixup images: their region features are
+        # the only ones any loss uses.
+        a = model.cluster(trunk[:n_pair])
+        parts["region"] = region_discrimination_loss(a, z[:n_pair], cfg.tau_region)
+        parts["entropy"] = binary_entropy(a)
+        loss = loss + cfg.region_weight * parts["region"] + cfg.entropy_weight * parts["entropy"]
+        if cfg.area_weight:
+            parts["area"] = area_balance_loss(a)
+            loss = loss + cfg.area_weight * parts["area"]
+    elif stage != "pd":
+        raise ValueError(f"stage must be 'pd' or 'ld', got {stage!r}")
+    return loss, {k: v.detach() for k, v in parts.items()}

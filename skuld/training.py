@@ -1,0 +1,293 @@
+"""The training loop: steps, schedule, devices, mixed precision, checkpoints and progress.
+
+It knows nothing of scikit-learn; :class:`skuld.LocalDiscriminativeEncoder` drives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .data import PairCropDataset, worker_init
+from .io import ImageCollection, atomic_write
+from .nn.network import LDNet
+from .nn.objective import ObjectiveConfig, ld_objective
+from .nn.views import ViewConfig, make_views
+
+CHECKPOINT_NAME = "skuld-checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error that says so."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: "auto" is bfloat16 on a CUDA GPU that supports it, else full float32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def intensity_normalizer(normalization, n_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel: "auto" is ImageNet statistics for RGB and 0.5 / 0.5 for gray."""
+    if normalization == "auto":
+        normalization = "imagenet" if n_channels == 3 else "half"
+    if normalization == "imagenet":
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    elif normalization == "half":
+        mean, std = (0.5,) * 3, (0.5,) * 3
+    else:
+        mean, std = normalization
+        mean, std = tuple(np.broadcast_to(mean, 3)), tuple(np.broadcast_to(std, 3))
+    return tuple(float(m) for m in mean[:n_channels]), tuple(float(s) for s in std[:n_channels])
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+@dataclass
+class Schedule:
+    """PD warm-up for ``pd_steps`` steps, then LD; Adam's learning rate halves every
+    ``halve_every`` steps within each stage (the paper: 10k of 100k steps)."""
+
+    learning_rate: float
+    pd_steps: int
+    halve_every: int
+
+    @classmethod
+    def scaled(cls, learning_rate: float, max_iter: int, pd_fraction: float, n_halvings_span: int = 10):
+        return cls(learning_rate, int(round(pd_fraction * max_iter)), max(1, int(round(max_iter / n_halvings_span))))
+
+    def stage(self, step: int) -> str:
+        return "pd" if step < self.pd_steps else "ld"
+
+    def lr(self, step: int) -> float:
+        in_stage = step if step < self.pd_steps else step - self.pd_steps
+        return self.learning_rate * 0.5 ** (in_stage // self.halve_every)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int
+    crop_size: int
+    image_size: int | None
+    crop_scale: tuple[float, float]
+    views: ViewConfig
+    objective: ObjectiveConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    num_workers: int
+    seed: int
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 500
+    verbose: int = 0
+    report_every: int = 50
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds; the estimator keeps one between calls."""
+
+    model: LDNet
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None
+
+
+def step_generators(seed: int, step: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """Generators of one step: the views of step t depend only on (seed, t)."""
+    value = (seed * 1_000_003 + step) % (2**63 - 1)
+    host = torch.Generator().manual_seed(value)
+    if device.type == "cpu":
+        return host, torch.Generator().manual_seed(value ^ 0x5DEECE66D)
+    return torch.Generator(device=device).manual_seed(value), host
+
+
+def save_checkpoint(path: str, state: TrainState, extra: dict) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": state.model.config(),
+        "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
+        "optimizer": _to_cpu(state.optimizer.state_dict()),
+        "schedule": vars(state.schedule),
+        "step": state.step,
+        "history": state.history,
+        **extra,
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a skuld checkpoint of format {CHECKPOINT_FORMAT}")
+    return payload
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+class _Reporter:
+    """Loss history and the ``verbose`` progress lines; reads device values only every few steps."""
+
+    def __init__(self, state: TrainState, cfg: TrainConfig, stop: int):
+        self.state, self.cfg, self.stop = state, cfg, stop
+        self.pending: list[tuple[int, str, float, dict]] = []
+        self.t0 = time.perf_counter()
+        self.start = state.step
+
+    def add(self, step: int, stage: str, lr: float, loss: torch.Tensor, parts: dict) -> None:
+        self.pending.append((step, stage, lr, {"loss": loss.detach(), **parts}))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        keys = sorted({k for *_, p in self.pending for k in p})
+        # One device->host copy for all pending values.
+        values = torch.stack([torch.stack([p.get(k, torch.tensor(float("nan"), device=p["loss"].device)) for k in keys])
+                              for *_, p in self.pending]).float().cpu().numpy()
+        for (step, stage, lr, _), row in zip(self.pending, values):
+            rec = {"step": step, "stage": stage, "lr": lr}
+            rec.update({k: float(v) for k, v in zip(keys, row) if np.isfinite(v)})
+            self.state.history.append(rec)
+        self.pending.clear()
+        if self.cfg.verbose:
+            last = self.state.history[-1]
+            done = last["step"] + 1
+            rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+            terms = " ".join(f"{k} {last[k]:.4f}" for k in ("patch", "mixup", "region", "entropy", "area") if k in last)
+            print(
+                f"[skuld] step {done}/{self.stop} [{last['stage']}] loss {last['loss']:.4f} ({terms}) "
+                f"lr {last['lr']:.2e} {rate:.2f} steps/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def run_steps(
+    state: TrainState,
+    images: ImageCollection,
+    cfg: TrainConfig,
+    stop: int,
+    on_step_begin: Callable[[int], None] | None = None,
+    on_step_end: Callable[[int, Callable[[], dict]], bool] | None = None,
+    checkpoint_extra: Callable[[], dict] | None = None,
+) -> None:
+    """Train ``state`` from ``state.step`` up to ``stop`` steps (exclusive).
+
+    ``on_step_end(step, last_losses)`` may return True to stop early. On any exception,
+    Ctrl-C included, the last completed step is checkpointed (when a checkpoint path is set)
+    before the exception propagates: no finished step is lost.
+    """
+    model = state.model
+    dev = cfg.device
+    dataset = PairCropDataset(images, cfg.crop_size, cfg.image_size, cfg.crop_scale, cfg.seed, length=2**62)
+    b = cfg.batch_size
+    sampler = range(state.step * b, stop * b)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=b,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        worker_init_fn=worker_init if cfg.num_workers else None,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.num_workers else None,
+    )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    reporter = _Reporter(state, cfg, stop)
+    extra = checkpoint_extra or (lambda: {})
+    model.train()
+    try:
+        for pairs in loader:
+            step = state.step
+            if on_step_begin is not None:
+                on_step_begin(step)
+            stage, lr = state.schedule.stage(step), state.schedule.lr(step)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            gen, host_gen = step_generators(cfg.seed, step, dev)
+            pairs = pairs.to(dev, non_blocking=True)
+            views = make_views(pairs, cfg.views, gen, host_gen)
+            x = normalize(views.images, cfg.mean, cfg.std).contiguous(memory_format=memory_format)
+            with autocast(dev, cfg.amp_dtype):
+                loss, parts = ld_objective(model, x, views, stage, cfg.objective)
+            state.optimizer.zero_grad(set_to_none=True)
+            if state.scaler is not None:
+                state.scaler.scale(loss).backward()
+                state.scaler.step(state.optimizer)
+                state.scaler.update()
+            else:
+                loss.backward()
+                state.optimizer.step()
+            state.step = step + 1
+            reporter.add(step, stage, lr, loss, parts)
+            last_step = state.step == stop
+            if len(reporter.pending) >= cfg.report_every or last_step:
+                reporter.flush()
+            if cfg.checkpoint_path and (state.step % cfg.checkpoint_every == 0 or last_step):
+                reporter.flush()
+                save_checkpoint(cfg.checkpoint_path, state, extra())
+            if on_step_end is not None:
+                def last_losses():
+                    reporter.flush()
+                    return dict(state.history[-1])
+                if on_step_end(step, last_losses):
+                    break
+    except BaseException:
+        reporter.pending = [p for p in reporter.pending if p[0] < state.step]
+        reporter.flush()
+        if cfg.checkpoint_path and state.step > 0:
+            save_checkpoint(cfg.checkpoint_path, state, extra())
+            if cfg.verbose:
+                print(f"[skuld] interrupted at step {state.step}: checkpoint kept in {cfg.checkpoint_path}",
+                      file=sys.stderr, flush=True)
+        raise
+    finally:
+        reporter.flush()
+        model.eval()
