@@ -36,7 +36,7 @@ from .training import (
 # Parameters that do not change what is learned: a checkpoint written under other values of
 # these can be resumed.
 _RESUMABLE_PARAMS = {"max_iter", "verbose", "device", "precision", "num_workers", "checkpoint_dir",
-                     "checkpoint_every", "warm_start", "compile"}
+                     "checkpoint_every", "warm_start", "compile", "memory_saving"}
 
 
 class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEstimator):
@@ -114,11 +114,17 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         "auto" uses a CUDA GPU when there is one.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Autocast dtype; "auto" is bfloat16 on a GPU that supports it, float32 otherwise.
+        Autocast dtype of the network; "auto" is bfloat16 where the hardware computes it
+        natively (recent GPUs; CPUs with AVX512-BF16 or AMX), float32 elsewhere. Losses are
+        always computed in float32.
     channels_last : bool, default=True
         Channels-last memory format for convolutions (faster on CPU and GPU).
     compile : bool, default=False
         Compile the network with ``torch.compile`` (pays on GPUs for long runs).
+    memory_saving : bool, default=False
+        Recompute the full-resolution layers during backward instead of storing their
+        activations (activation checkpointing): about a third less training memory for about
+        a fifth more compute. Results are unchanged.
     num_workers : int or "auto", default="auto"
         Data-loader worker processes that decode and crop images; "auto" uses 2 workers for
         images read from files and none for images in memory.
@@ -189,6 +195,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
         "channels_last": ["boolean"],
         "compile": ["boolean"],
+        "memory_saving": ["boolean"],
         "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "checkpoint_dir": [str, os.PathLike, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
@@ -228,6 +235,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         precision="auto",
         channels_last=True,
         compile=False,
+        memory_saving=False,
         num_workers="auto",
         checkpoint_dir=None,
         checkpoint_every=500,
@@ -264,6 +272,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         self.precision = precision
         self.channels_last = channels_last
         self.compile = compile
+        self.memory_saving = memory_saving
         self.num_workers = num_workers
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
@@ -397,6 +406,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
             verbose=int(self.verbose),
         )
         model = self.model_
+        model.memory_saving = self.memory_saving
         if self.compile:
             model = torch.compile(model)
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None

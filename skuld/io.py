@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -61,7 +62,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     errors = []
     for kwargs in ({}, {"plugin": "pillow"}):
         try:
-            img = iio.imread(path, **kwargs)
+            with warnings.catch_warnings():
+                # imageio warns about deprecated plugins it merely tries while probing a file.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                img = iio.imread(path, **kwargs)
             break
         except Exception as exc:  # imageio raises many types depending on the plugin
             errors.append(f"{type(exc).__name__}: {exc}")
