@@ -157,6 +157,8 @@ class ImageCollection:
         self.is_ragged = True
         if isinstance(X, (str, os.PathLike)):
             X = expand_paths(X)
+        if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+            raise TypeError(f"sparse input is not supported: {name} must be dense images")
         if isinstance(X, np.ndarray) and X.dtype != object:
             if X.ndim not in (3, 4):
                 raise ValueError(
