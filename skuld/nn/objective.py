@@ -62,6 +62,20 @@ def ld_objective(
     n_pair = 4 * b  # two views of two images per item; the rest are mixup images
     trunk = model.trunk(x)
     z = model.embed(trunk)
+    # The clustering head only runs on the non-mixup images: their region features are the
+    # only ones any loss uses.
+    a = model.cluster(trunk[:n_pair]) if stage == "ld" else None
+    if stage not in ("pd", "ld"):
+        raise ValueError(f"stage must be 'pd' or 'ld', got {stage!r}")
+    # The heads' outputs are float32; keep autocast from casting the losses' matrix
+    # products back to half precision.
+    with torch.autocast(x.device.type, enabled=False):
+        return _losses(z, a, views, cfg)
+
+
+def _losses(z, a, views, cfg):
+    b = views.n_items
+    n_pair = 4 * b
     u = patch_features(z, cfg.patch_grid, cfg.patch_sigma)  # (n, D, g, g)
     u1, u2 = u[: 2 * b], undo_rot90(u[2 * b : n_pair], views.rot90_k)
     d = u.shape[1]
@@ -75,16 +89,11 @@ def ld_objective(
         targets = hypersphere_mixup_targets(u1[:b], u1[b:], views.mix_lambda)
         parts["mixup"] = instance_spreading_loss(flat(u[n_pair:]), flat(targets), cfg.tau_patch)
         loss = loss + parts["mixup"]
-    if stage == "ld":
-        # The clustering head only runs on the non-mixup images: their region features are
-        # the only ones any loss uses.
-        a = model.cluster(trunk[:n_pair])
+    if a is not None:
         parts["region"] = region_discrimination_loss(a, z[:n_pair], cfg.tau_region)
         parts["entropy"] = binary_entropy(a)
         loss = loss + cfg.region_weight * parts["region"] + cfg.entropy_weight * parts["entropy"]
         if cfg.area_weight:
             parts["area"] = area_balance_loss(a)
             loss = loss + cfg.area_weight * parts["area"]
-    elif stage != "pd":
-        raise ValueError(f"stage must be 'pd' or 'ld', got {stage!r}")
     return loss, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,110 @@
+"""The ``skuld`` command line: ``skuld demo``, ``skuld fit``, ``skuld embed``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    print(f"skuld demo: pretraining on the 4 bundled chest X-rays (about two CPU minutes) -> {args.out}/")
+    result = run_demo(args.out, max_iter=args.max_iter, verbose=1)
+    cov = result["cluster_coverage"]
+    print(f"trained {result['encoder'].n_iter_} steps in {result['fit_seconds']:.0f} s; "
+          f"loss {result['first_loss']:.2f} -> {result['final_loss']:.2f}")
+    print(f"clusters covering >= 1 % of pixels: {int((cov >= 0.01).sum())} of {len(cov)}")
+    print(f"pixels most similar to a lung pixel that lie in the lungs: {100 * result['lung_hit_rate']:.0f} % "
+          f"(lungs cover {100 * result['lung_fraction']:.0f} % of the images)")
+    for path in result["files"]:
+        print(f"wrote {os.path.abspath(path)}")
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    import joblib
+
+    from .encoder import LocalDiscriminativeEncoder
+    from .io import atomic_write
+
+    params = dict(max_iter=args.max_iter, crop_size=args.crop_size, batch_size=args.batch_size,
+                  image_size=None if args.image_size == 0 else args.image_size, random_state=args.random_state,
+                  device=args.device, checkpoint_dir=args.checkpoint_dir, verbose=1)
+    if args.no_rotation:
+        params.update(rotation=0.0, rot90=False)
+    params = {k: v for k, v in params.items() if v is not None}
+    enc = LocalDiscriminativeEncoder(**params)
+    enc.fit(args.images)
+    atomic_write(args.out, lambda tmp: joblib.dump(enc, tmp))
+    print(f"wrote {os.path.abspath(args.out)} ({enc.n_iter_} steps, final loss {enc.loss_history_[-1]['loss']:.3f})")
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    import joblib
+    import numpy as np
+
+    from .io import ImageCollection, atomic_write, expand_paths
+
+    enc = joblib.load(args.model)
+    paths = [p for spec in args.images for p in expand_paths(spec)]
+    os.makedirs(args.out, exist_ok=True)
+    dtype = np.float16 if args.float16 else np.float32
+    for i, path in enumerate(paths):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        images = ImageCollection([path], n_channels=enc.n_channels_in_)
+        E = enc.transform(images.paths)[0].astype(dtype, copy=False)
+        target = os.path.join(args.out, f"{stem}.npy")
+        atomic_write(target, lambda tmp: np.save(open(tmp, "wb"), E))
+        print(f"[{i + 1}/{len(paths)}] {path} -> {target} {E.shape} {E.dtype}", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skuld", description="Self-supervised per-pixel embeddings for medical images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="pretrain on the bundled chest X-rays and write cluster and similarity pictures")
+    demo.add_argument("--out", default="skuld-demo", help="folder for the PNGs (default: ./skuld-demo)")
+    demo.add_argument("--max-iter", type=int, default=None, help="training steps (default 300)")
+    demo.set_defaults(func=_cmd_demo)
+
+    fit = sub.add_parser("fit", help="pretrain a LocalDiscriminativeEncoder on a folder or glob of images")
+    fit.add_argument("images", help="directory, glob pattern ('scans/*.png') or single file")
+    fit.add_argument("--out", required=True, help="where to save the fitted model (joblib)")
+    fit.add_argument("--max-iter", type=int)
+    fit.add_argument("--crop-size", type=int)
+    fit.add_argument("--image-size", type=int, help="shorter side at working resolution; 0 keeps native size")
+    fit.add_argument("--batch-size", type=int)
+    fit.add_argument("--random-state", type=int)
+    fit.add_argument("--device", help="auto, cpu or cuda")
+    fit.add_argument("--checkpoint-dir", help="save and resume training checkpoints here")
+    fit.add_argument("--no-rotation", action="store_true",
+                     help="no rotation invariance (images that share one orientation: X-rays, cephalograms)")
+    fit.set_defaults(func=_cmd_fit)
+
+    embed = sub.add_parser("embed", help="write per-pixel embeddings (H, W, D) of images as .npy files")
+    embed.add_argument("model", help="a model saved by 'skuld fit'")
+    embed.add_argument("images", nargs="+", help="image files, directories or glob patterns")
+    embed.add_argument("--out", required=True, help="output folder, one <name>.npy per image")
+    embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")
+    embed.set_defaults(func=_cmd_embed)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
+        print(f"skuld {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

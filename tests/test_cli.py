@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from skuld.cli import main
+from skuld.demo import run_demo
+from skuld.render import cluster_overlay, colormap, heatmap_overlay, side_by_side
+
+from .helpers import blobs
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    d = tmp_path / "scans"
+    d.mkdir()
+    for i, img in enumerate(blobs(3, 48)):
+        iio.imwrite(d / f"scan{i}.png", (img * 255).astype(np.uint8))
+    return d
+
+
+def test_fit_then_embed(image_dir, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    assert main(["fit", str(image_dir), "--out", str(model), "--max-iter", "2", "--crop-size", "32",
+                 "--image-size", "48", "--batch-size", "1", "--random-state", "0", "--no-rotation"]) == 0
+    assert model.exists()
+    out = tmp_path / "emb"
+    assert main(["embed", str(model), str(image_dir / "*.png"), "--out", str(out), "--float16"]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["scan0.npy", "scan1.npy", "scan2.npy"]
+    E = np.load(out / "scan1.npy")
+    assert E.shape == (48, 48, 32) and E.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(E.astype(np.float32), axis=-1), 1, atol=1e-2)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.joblib")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "skuld", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout and "embed" in out.stdout
+
+
+def test_demo_writes_pictures(tmp_path):
+    result = run_demo(str(tmp_path / "demo"), max_iter=2, verbose=0)
+    for path in result["files"]:
+        img = iio.imread(path)
+        assert img.dtype == np.uint8 and img.shape[0] == 512 and img.shape[2] == 3
+    assert 0 <= result["lung_hit_rate"] <= 1 and 0.1 < result["lung_fraction"] < 0.5
+    np.testing.assert_allclose(result["cluster_coverage"].sum(), 1)
+
+
+def test_render_helpers():
+    img = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    labels = np.arange(64).reshape(8, 8) % 3
+    assert cluster_overlay(img, labels).shape == (8, 8, 3)
+    cm = colormap(img)
+    assert cm.shape == (8, 8, 3) and cm.min() >= 0 and cm.max() <= 1
+    assert not np.allclose(cm[0, 0], cm[-1, -1])
+    joined = side_by_side([heatmap_overlay(img, img), heatmap_overlay(img[:4], img[:4])])
+    assert joined.shape == (8, 8 + 4 + 8, 3)
