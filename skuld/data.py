@@ -66,32 +66,44 @@ def random_resized_crop_box(
 class PairCropDataset(torch.utils.data.Dataset):
     """Sample ``i`` -> two random resized crops, of two different images when there are two.
 
-    The crop box is drawn in working-resolution coordinates (shorter side ``image_size``) and
-    cut from the original image, which is resized once, directly to ``crop_size``.
+    Images are decoded once and kept at working resolution (shorter side ``image_size``) in
+    a per-process cache of at most ``cache_bytes``; decoding a large file for every crop would
+    leave the network waiting. Crop boxes are drawn in working-resolution coordinates.
 
     Returns a float32 tensor of shape ``(2, C, crop_size, crop_size)`` in [0, 1].
     """
 
-    def __init__(self, images: ImageCollection, crop_size: int, image_size: int | None, scale, seed: int, length: int):
+    def __init__(self, images: ImageCollection, crop_size: int, image_size: int | None, scale, seed: int, length: int,
+                 cache_bytes: int = 2 * 2**30):
         self.images = images
         self.crop_size = crop_size
         self.image_size = image_size
         self.scale = scale
         self.seed = seed
         self.length = length
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return self.length
 
-    def _crop(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+    def working_image(self, index: int) -> torch.Tensor:
+        """Image ``index`` at working resolution, (C, h, w) float32 in [0, 1]."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
         img = self.images[index]
-        h, w = img.shape[:2]
-        wh, ww = working_shape(h, w, self.image_size)
-        top, left, ch, cw = random_resized_crop_box(wh, ww, self.scale, rng)
-        sy, sx = h / wh, w / ww
-        y0, x0 = int(round(top * sy)), int(round(left * sx))
-        y1, x1 = max(y0 + 1, int(round((top + ch) * sy))), max(x0 + 1, int(round((left + cw) * sx)))
-        return resize(to_tensor(img[y0:y1, x0:x1]), (self.crop_size, self.crop_size))
+        x = resize(to_tensor(img), working_shape(img.shape[0], img.shape[1], self.image_size)).contiguous()
+        if self._cached_bytes + x.nbytes <= self.cache_bytes:
+            self._cache[index] = x
+            self._cached_bytes += x.nbytes
+        return x
+
+    def _crop(self, index: int, rng: np.random.Generator) -> torch.Tensor:
+        x = self.working_image(index)
+        top, left, ch, cw = random_resized_crop_box(x.shape[1], x.shape[2], self.scale, rng)
+        return resize(x[:, top : top + ch, left : left + cw], (self.crop_size, self.crop_size))
 
     def __getitem__(self, i: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, int(i)])

@@ -126,8 +126,9 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         activations (activation checkpointing): about a third less training memory for about
         a fifth more compute. Results are unchanged.
     num_workers : int or "auto", default="auto"
-        Data-loader worker processes that decode and crop images; "auto" uses 2 workers for
-        images read from files and none for images in memory.
+        Data-loader worker processes that decode and crop images. Each keeps decoded images
+        at working resolution in a cache (up to 2 GiB). "auto": none for images in memory or
+        on machines with 2 cores or fewer, else min(4, cores / 2) for images read from files.
     checkpoint_dir : str or None, default=None
         Where to keep ``skuld-checkpoint.pt``. When set, :meth:`fit` resumes from a
         checkpoint found there (same parameters), saves every ``checkpoint_every`` steps
@@ -396,7 +397,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         mean, std = intensity_normalizer(self.normalization, self.n_channels_in_)
         num_workers = self.num_workers
         if num_workers == "auto":
-            num_workers = min(2, os.cpu_count() or 1) if images.from_files else 0
+            num_workers = _auto_workers(images)
         cfg = TrainConfig(
             batch_size=self.batch_size, crop_size=self.crop_size, image_size=self.image_size,
             crop_scale=tuple(float(v) for v in self.crop_scale), views=self._view_config(),
@@ -620,6 +621,16 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         tags.requires_fit = True
         tags.non_deterministic = False
         return tags
+
+
+def _auto_workers(images: ImageCollection) -> int:
+    """Loader workers for "auto": none for images in memory or on a machine of two cores or
+    fewer (decoded images are cached, so workers would only compete with training for the
+    cores); otherwise up to 4, half the cores."""
+    cores = os.cpu_count() or 1
+    if not images.from_files or cores <= 2:
+        return 0
+    return min(4, cores // 2)
 
 
 def _pair(value, name):

@@ -60,11 +60,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         raise ImageReadError(f"image file not found: {path}")
     errors = []
-    for kwargs in ({}, {"plugin": "pillow"}):
+    # Pillow first: it decodes PNG, JPEG, BMP, GIF and LZW TIFFs quickly and quietly, where
+    # imageio's default TIFF plugin needs extra codecs; imageio's own choice for the rest.
+    attempts = ({"plugin": "pillow"}, {}) if not path.lower().endswith(".dcm") else ({},)
+    for kwargs in attempts:
         try:
             with warnings.catch_warnings():
                 # imageio warns about deprecated plugins it merely tries while probing a file.
-                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore")
                 img = iio.imread(path, **kwargs)
             break
         except Exception as exc:  # imageio raises many types depending on the plugin
