@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile skuld's network (GPU)")
     ap.add_argument("--memory-saving", action="store_true", help="recompute full-resolution layers in backward")
     ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--impls", default=None, help="comma list among naive, skuld-fp32, skuld-bf16")
     ap.add_argument("--skip-naive-above", type=int, default=None,
                     help="do not run the naive baseline above this crop size (CPU default 256: it needs ~32 GiB at 448)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -119,6 +120,8 @@ def main():
     impls = ["naive", "skuld-fp32"]
     if cuda or torch.ops.mkldnn._is_mkldnn_bf16_supported():
         impls.append("skuld-bf16")
+    if args.impls:
+        impls = args.impls.split(",")
     rows = []
     for spec in configs.split(","):
         crop, batch = (int(v) for v in spec.split("x"))
