@@ -119,8 +119,10 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         always computed in float32.
     channels_last : bool, default=True
         Channels-last memory format for convolutions (faster on CPU and GPU).
-    compile : bool, default=False
-        Compile the network with ``torch.compile`` (pays on GPUs for long runs).
+    compile : bool or "auto", default="auto"
+        Compile the network with ``torch.compile``. It costs about a minute once and pays on
+        GPUs (1.3x faster steps on an H200 at 448 px, batch 4). "auto" compiles on CUDA for
+        runs of 500 steps or more.
     memory_saving : bool, default=False
         Recompute the full-resolution layers during backward instead of storing their
         activations (activation checkpointing): about a third less training memory for about
@@ -195,7 +197,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         "device": [str, torch.device],
         "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
         "channels_last": ["boolean"],
-        "compile": ["boolean"],
+        "compile": ["boolean", StrOptions({"auto"})],
         "memory_saving": ["boolean"],
         "num_workers": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "checkpoint_dir": [str, os.PathLike, None],
@@ -235,7 +237,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         device="auto",
         precision="auto",
         channels_last=True,
-        compile=False,
+        compile="auto",
         memory_saving=False,
         num_workers="auto",
         checkpoint_dir=None,
@@ -408,8 +410,6 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         )
         model = self.model_
         model.memory_saving = self.memory_saving
-        if self.compile:
-            model = torch.compile(model)
         scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         state = TrainState(model=model, optimizer=optimizer, schedule=self._schedule, step=self.n_iter_,
                            history=self.loss_history_, scaler=scaler)
@@ -432,10 +432,12 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
 
         has_callbacks = bool(getattr(self, "_skl_callbacks", None))
         try:
-            run_steps(state, images, cfg, stop,
-                      on_step_begin=on_begin if has_callbacks else None,
-                      on_step_end=on_end if has_callbacks else None,
-                      checkpoint_extra=extra)
+            compile_ = self.compile if self.compile != "auto" else (device.type == "cuda" and stop - self.n_iter_ >= 500)
+            with model.compiled(compile_):
+                run_steps(state, images, cfg, stop,
+                          on_step_begin=on_begin if has_callbacks else None,
+                          on_step_end=on_end if has_callbacks else None,
+                          checkpoint_extra=extra)
         finally:
             # Whatever happened, the estimator holds the last completed step.
             self.n_iter_ = state.step
@@ -501,7 +503,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
     def _infer(self, X, heads: tuple[str, ...]) -> dict[str, list | np.ndarray]:
         check_is_fitted(self, "model_")
         images = ImageCollection(X, n_channels=self.n_channels_in_)
-        device = self.device_ = resolve_device(self.device)
+        device = self.device_ = resolve_device(self.device, fall_back=True)
         self.model_.to(device).eval()
         amp_dtype = resolve_precision(self.precision, device)
         mean, std = intensity_normalizer(self.normalization, self.n_channels_in_)

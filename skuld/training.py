@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,15 +25,21 @@ CHECKPOINT_NAME = "skuld-checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error that says so."""
-    if isinstance(device, torch.device):
-        return device
+def resolve_device(device: str | torch.device, fall_back: bool = False) -> torch.device:
+    """"auto" -> CUDA when available, else CPU.
+
+    "cuda" without a GPU is an error that says so, or, with ``fall_back`` (inference with a
+    model fitted on a GPU, loaded on a machine without one), a warning and the CPU.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+        if fall_back:
+            warnings.warn(f"device={str(device)!r} but torch sees no CUDA GPU here: running on the CPU", RuntimeWarning,
+                          stacklevel=3)
+            return torch.device("cpu")
+        raise RuntimeError(f"device={str(device)!r} was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'")
     return dev
 
 
@@ -259,6 +266,9 @@ def run_steps(
     reporter = _Reporter(state, cfg, stop)
     extra = checkpoint_extra or (lambda: {})
     model.train()
+    # Training crops all have one size: let cuDNN pick its fastest kernels once.
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = dev.type == "cuda" or cudnn_benchmark
     try:
         for pairs in loader:
             step = state.step
@@ -305,5 +315,6 @@ def run_steps(
                       file=sys.stderr, flush=True)
         raise
     finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         reporter.flush()
         model.eval()

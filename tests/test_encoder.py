@@ -249,3 +249,13 @@ def test_progress_bar_callback_runs(gray):
     enc = tiny().set_callbacks(ProgressBar())
     enc.fit(gray)
     assert enc.n_iter_ == 3
+
+
+def test_a_model_set_to_cuda_runs_on_the_cpu_when_there_is_no_gpu(fitted, gray):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    twin = pickle.loads(pickle.dumps(fitted))
+    twin.set_params(device="cuda")  # as if it had been fitted on a GPU machine
+    with pytest.warns(RuntimeWarning, match="no CUDA GPU"):
+        E = twin.transform(gray[:1])
+    np.testing.assert_allclose(E, fitted.transform(gray[:1]), atol=1e-6)

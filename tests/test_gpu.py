@@ -52,3 +52,10 @@ def test_a_model_fitted_on_gpu_loads_and_runs_without_one(tmp_path):
     E_gpu = enc.transform(X[:1])
     # bf16 on the GPU, float32 (or bf16 on a bf16-capable CPU) here: same embeddings to ~1e-2.
     assert np.mean(np.sum(E_cpu * E_gpu, axis=-1)) > 0.99
+
+
+def test_compiled_training_runs_and_leaves_plain_modules():
+    X = blobs(4, 64)
+    enc = LocalDiscriminativeEncoder(**{**TINY, "device": "cuda", "compile": True}).fit(X)
+    assert all(m._compiled_call_impl is None for m in enc.model_.modules())
+    assert enc.transform(X[:1]).shape == (1, 64, 64, 8)

@@ -241,6 +241,25 @@ class LDNet(nn.Module):
         t = self.trunk(x)
         return self.embed(t), self.cluster(t)
 
+    @contextlib.contextmanager
+    def compiled(self, enabled: bool = True):
+        """Within the block, the encoder, decoder and heads run through ``torch.compile``.
+
+        The parts are compiled rather than ``self``, because training calls :meth:`trunk`,
+        :meth:`embed` and :meth:`cluster`, which a compiled ``forward`` would not cover.
+        Leaving the block restores plain modules, which pickle and copy as usual.
+        """
+        parts = (self.encoder, self.decoder, self.embedding_head, self.cluster_head)
+        if enabled:
+            for part in parts:
+                part.compile()
+        try:
+            yield self
+        finally:
+            if enabled:
+                for part in parts:
+                    part._compiled_call_impl = None  # undoes nn.Module.compile()
+
 
 class SegmentationUNet(nn.Module):
     """A U-Net for downstream segmentation whose encoder can come from pretraining.

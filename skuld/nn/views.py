@@ -90,6 +90,7 @@ def _rotation_grid(angles_deg, flip_x, flip_y, size, device):
 
 
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def _gray(x):
@@ -119,14 +120,14 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | 
         if cfg.hue:
             # Rotate the chroma (I, Q) plane of YIQ: a linear stand-in for an HSV hue shift.
             ang = _uniform(n, -cfg.hue, cfg.hue, generator, dev) * 2 * math.pi
-            m = _RGB_TO_YIQ.to(dev)
+            m, m_inv = _RGB_TO_YIQ.to(dev), _YIQ_TO_RGB.to(dev)
             rot = torch.zeros(n, 3, 3, device=dev)
             rot[:, 0, 0] = 1
             rot[:, 1, 1] = torch.cos(ang)
             rot[:, 1, 2] = -torch.sin(ang)
             rot[:, 2, 1] = torch.sin(ang)
             rot[:, 2, 2] = torch.cos(ang)
-            full = torch.linalg.inv(m) @ rot @ m  # (n, 3, 3)
+            full = m_inv @ rot @ m  # (n, 3, 3)
             x = torch.einsum("nij,njhw->nihw", full, x)
         if cfg.grayscale_p:
             to_gray = torch.rand(n, generator=generator, device=dev) < cfg.grayscale_p
