@@ -15,6 +15,9 @@ from torch.nn import functional as F
 
 from .io import ImageCollection
 
+#: Smallest image side skuld accepts (two cells of the network's coarsest, 1/16 map).
+MIN_IMAGE_SIDE = 32
+
 
 def working_shape(height: int, width: int, image_size: int | None) -> tuple[int, int]:
     """Shape an image is resized to before the network sees it: shorter side = ``image_size``.
@@ -94,6 +97,9 @@ class PairCropDataset(torch.utils.data.Dataset):
         if cached is not None:
             return cached
         img = self.images[index]
+        if min(img.shape[:2]) < MIN_IMAGE_SIDE:
+            raise ValueError(f"{self.images.describe(index)} is {img.shape[0]} x {img.shape[1]} pixels; "
+                             f"skuld needs images of at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE}")
         x = resize(to_tensor(img), working_shape(img.shape[0], img.shape[1], self.image_size)).contiguous()
         if self._cached_bytes + x.nbytes <= self.cache_bytes:
             self._cache[index] = x

@@ -48,8 +48,9 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
     patch discrimination with hypersphere mixup, then region discrimination that ties the
     embedding and clustering branches together.
 
-    The defaults are sized to learn useful embeddings in minutes on a laptop CPU. The paper's
-    setting is ``crop_size=448, image_size=512, batch_size=4, max_iter=100_000`` on GPUs.
+    The defaults learn useful embeddings in minutes on a laptop CPU (160 px crops at a
+    working resolution of 256 px) and take the paper's crop and image sizes on a GPU. The
+    paper's full setting is ``crop_size=448, image_size=512, batch_size=4, max_iter=100_000``.
 
     Parameters
     ----------
@@ -61,13 +62,14 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         Training steps of :meth:`fit` (each step sees ``5 * batch_size`` crops).
     batch_size : int, default=4
         Items per step; each item is two images, two views of each and one mixup image.
-    crop_size : int, default=160
+    crop_size : int or "auto", default="auto"
         Side of the square training crops in working-resolution pixels; a multiple of 16
-        and of ``patch_grid``.
-    image_size : int or None, default=256
+        and of ``patch_grid``. "auto": 448 (the paper's) when training on a GPU, 160 on a CPU.
+    image_size : int, None or "auto", default="auto"
         Working resolution: images are resized so that their shorter side has this many
-        pixels, for training and for inference (outputs are returned at the input
-        resolution). None keeps every image at its native resolution.
+        pixels, for training and for inference (outputs are always returned at the input
+        resolution). None keeps every image at its native resolution. "auto": 512 (the
+        paper's) when training on a GPU, 256 on a CPU.
     learning_rate : float, default=1e-3
         Adam's initial learning rate; it halves every ``max_iter / 10`` steps within each stage.
     pd_fraction : float, default=0.2
@@ -152,6 +154,9 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         1 or 3, channels of the images it was fitted on.
     n_iter_ : int
         Training steps done so far.
+    crop_size_, image_size_ : int, int or None
+        The crop size and working resolution used (``"auto"`` resolved); inference uses
+        ``image_size_``, wherever the model runs later.
     loss_history_ : list of dict
         One record per step: ``step``, ``stage`` ("pd" or "ld"), ``lr``, ``loss`` and each
         term (``patch``, ``mixup``, ``region``, ``entropy``, ``area``).
@@ -173,8 +178,8 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         "n_clusters": [Interval(Integral, 2, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "crop_size": [Interval(Integral, 32, None, closed="left")],
-        "image_size": [Interval(Integral, 32, None, closed="left"), None],
+        "crop_size": [Interval(Integral, 32, None, closed="left"), StrOptions({"auto"})],
+        "image_size": [Interval(Integral, 32, None, closed="left"), None, StrOptions({"auto"})],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "pd_fraction": [Interval(Real, 0, 1, closed="both")],
         "width": [Interval(Real, 0, None, closed="neither")],
@@ -213,8 +218,8 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         n_clusters=16,
         max_iter=600,
         batch_size=4,
-        crop_size=160,
-        image_size=256,
+        crop_size="auto",
+        image_size="auto",
         learning_rate=1e-3,
         pd_fraction=0.2,
         width=1.0,
@@ -286,10 +291,11 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
         self._validate_params()
-        if self.crop_size % SIZE_MULTIPLE:
-            raise ValueError(f"crop_size must be a multiple of {SIZE_MULTIPLE}, got {self.crop_size}")
-        if self.crop_size % self.patch_grid:
-            raise ValueError(f"crop_size={self.crop_size} is not divisible by patch_grid={self.patch_grid}")
+        crop = self._resolved_sizes()[0]
+        if crop % SIZE_MULTIPLE:
+            raise ValueError(f"crop_size must be a multiple of {SIZE_MULTIPLE}, got {crop}")
+        if crop % self.patch_grid:
+            raise ValueError(f"crop_size={crop} is not divisible by patch_grid={self.patch_grid}")
         lo, hi = _pair(self.crop_scale, "crop_scale")
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
@@ -304,6 +310,13 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
                 raise ValueError(f"mixup must be a range within [0, 1], got {self.mixup}")
         if isinstance(self.normalization, tuple) and len(self.normalization) != 2:
             raise ValueError(f"normalization must be 'auto', 'imagenet', 'half' or (mean, std), got {self.normalization}")
+
+    def _resolved_sizes(self) -> tuple[int, int | None]:
+        """(crop_size, image_size) with "auto" resolved for the device training will use."""
+        gpu = resolve_device(self.device).type == "cuda"
+        crop = (448 if gpu else 160) if self.crop_size == "auto" else self.crop_size
+        image = (512 if gpu else 256) if self.image_size == "auto" else self.image_size
+        return crop, image
 
     def _view_config(self) -> ViewConfig:
         b, c, s, h = (float(v) for v in self.color_jitter)
@@ -340,6 +353,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         if self.channels_last:
             self.model_ = self.model_.to(memory_format=torch.channels_last)
         self.n_channels_in_ = n_channels
+        self.crop_size_, self.image_size_ = self._resolved_sizes()
         self.n_iter_ = 0
         self.loss_history_ = []
         self._seed = seed
@@ -401,7 +415,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         if num_workers == "auto":
             num_workers = _auto_workers(images)
         cfg = TrainConfig(
-            batch_size=self.batch_size, crop_size=self.crop_size, image_size=self.image_size,
+            batch_size=self.batch_size, crop_size=self.crop_size_, image_size=self.image_size_,
             crop_scale=tuple(float(v) for v in self.crop_scale), views=self._view_config(),
             objective=self._objective_config(), mean=mean, std=std, device=device, amp_dtype=amp_dtype,
             channels_last=self.channels_last, num_workers=num_workers, seed=self._seed,
@@ -517,7 +531,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
                 for head in heads:
                     outputs[head] = np.empty((len(images), h, w, sizes[head]), dtype=np.float32)
             out = {head: outputs[head][i] if stacked else np.empty((h, w, sizes[head]), np.float32) for head in heads}
-            infer_image(self.model_, img, heads=heads, image_size=self.image_size, mean=mean, std=std,
+            infer_image(self.model_, img, heads=heads, image_size=self.image_size_, mean=mean, std=std,
                         device=device, amp_dtype=amp_dtype, channels_last=self.channels_last, out=out,
                         name=images.describe(i))
             if not stacked:

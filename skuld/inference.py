@@ -13,12 +13,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import resize, to_tensor, working_shape
+from .data import MIN_IMAGE_SIDE, resize, to_tensor, working_shape
 from .nn.network import SIZE_MULTIPLE, LDNet
 from .training import autocast, normalize
 
-#: Smallest working-resolution side the network accepts (two cells of its coarsest map).
-MIN_SIZE = 2 * SIZE_MULTIPLE
+MIN_SIZE = MIN_IMAGE_SIDE
 
 
 def check_min_size(height: int, width: int, name: str = "image") -> None:

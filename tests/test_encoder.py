@@ -259,3 +259,10 @@ def test_a_model_set_to_cuda_runs_on_the_cpu_when_there_is_no_gpu(fitted, gray):
     with pytest.warns(RuntimeWarning, match="no CUDA GPU"):
         E = twin.transform(gray[:1])
     np.testing.assert_allclose(E, fitted.transform(gray[:1]), atol=1e-6)
+
+
+def test_a_too_small_image_file_is_named_during_training(tmp_path, gray):
+    iio.imwrite(tmp_path / "a.png", (gray[0] * 255).astype(np.uint8))
+    iio.imwrite(tmp_path / "tiny.png", np.zeros((12, 40), np.uint8))
+    with pytest.raises(ValueError, match=r"tiny.png is 12 x 40 pixels"):
+        tiny(max_iter=8).fit(str(tmp_path))
