@@ -127,8 +127,8 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         runs of 500 steps or more.
     memory_saving : bool, default=False
         Recompute the full-resolution layers during backward instead of storing their
-        activations (activation checkpointing): about a third less training memory for about
-        a fifth more compute. Results are unchanged.
+        activations (activation checkpointing): at 448 px, batch 4 on a CPU, 7.9 instead of
+        10.5 GiB in float32, at the price of recomputing those layers. Results are unchanged.
     num_workers : int or "auto", default="auto"
         Data-loader worker processes that decode and crop images. Each keeps decoded images
         at working resolution in a cache (up to 2 GiB). "auto": none for images in memory or
