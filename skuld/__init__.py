@@ -4,6 +4,7 @@ Implements "Unsupervised Local Discrimination for Medical Images" (Chen et al., 
 """
 
 from .encoder import LocalDiscriminativeEncoder
+from .index import PixelIndex
 
 __version__ = "0.1.0"
-__all__ = ["LocalDiscriminativeEncoder", "__version__"]
+__all__ = ["LocalDiscriminativeEncoder", "PixelIndex", "__version__"]
