@@ -29,9 +29,17 @@ MISSING = -1
 _FORMAT = 1
 
 
+_FORK_GUARD = []
+
+
 def _faiss():
     import faiss
 
+    if not _FORK_GUARD and hasattr(os, "register_at_fork"):
+        # A forked child inherits an OpenMP runtime whose threads did not survive the fork:
+        # its first parallel search can hang. One thread in the child never starts a team.
+        os.register_at_fork(after_in_child=lambda: faiss.omp_set_num_threads(1))
+        _FORK_GUARD.append(True)
     return faiss
 
 
@@ -65,14 +73,16 @@ def auto_factory(n_vectors: int) -> str:
     """The index "auto" picks for ``n_vectors`` vectors.
 
     Exact search below 100k vectors; IVF with 8-bit scalar quantisation (32 bytes for a 32-d
-    vector) up to 10M; IVF with 16-byte product quantisation above. The number of inverted
-    lists grows as about 4 sqrt(n), a power of two.
+    vector) up to 10M; above, IVF with 16-byte product quantisation and an HNSW coarse
+    quantiser (assigning tens of millions of vectors to tens of thousands of lists by brute
+    force would dominate the build). The number of lists grows as about 4 sqrt(n), a power
+    of two.
     """
     if n_vectors < 100_000:
         return "Flat"
     nlist = int(2 ** round(math.log2(4 * math.sqrt(n_vectors))))
     nlist = min(max(nlist, 256), 65536)
-    return f"IVF{nlist},SQ8" if n_vectors < 10_000_000 else f"IVF{nlist},PQ16"
+    return f"IVF{nlist},SQ8" if n_vectors < 10_000_000 else f"IVF{nlist}_HNSW32,PQ16"
 
 
 class PixelIndex(BaseEstimator):
@@ -89,12 +99,13 @@ class PixelIndex(BaseEstimator):
         (smaller is closer); "ip" raw inner products.
     stride : int, default=1
         Index every ``stride``-th row and column (1: every pixel).
-    nprobe : int, default=16
+    nprobe : int, default=8
         Inverted lists visited per query (IVF indexes); settable after fit.
     ef_search : int, default=64
         Candidate list size of HNSW indexes; settable after fit.
-    train_size : int, default=262144
-        Vectors sampled to train an index that needs training (IVF, PQ, SQ).
+    train_size : int or None, default=None
+        Vectors sampled to train an index that needs training (IVF, PQ, SQ). None: 39 per
+        inverted list (FAISS's advice) and at least 262,144, at most all of them.
     block_size : int, default=1048576
         Vectors added to FAISS per block.
     random_state : int or None, default=None
@@ -116,12 +127,12 @@ class PixelIndex(BaseEstimator):
         "stride": [Interval(Integral, 1, None, closed="left")],
         "nprobe": [Interval(Integral, 1, None, closed="left")],
         "ef_search": [Interval(Integral, 1, None, closed="left")],
-        "train_size": [Interval(Integral, 1, None, closed="left")],
+        "train_size": [Interval(Integral, 1, None, closed="left"), None],
         "block_size": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
     }
 
-    def __init__(self, index="auto", metric="cosine", stride=1, nprobe=16, ef_search=64, train_size=262_144,
+    def __init__(self, index="auto", metric="cosine", stride=1, nprobe=8, ef_search=64, train_size=None,
                  block_size=1_048_576, random_state=None):
         self.index = index
         self.metric = metric
@@ -133,27 +144,8 @@ class PixelIndex(BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ building
-    def _prepare(self, E, masks, encoder):
-        if encoder is not None:
-            E = encoder.transform(E)
-        if isinstance(E, np.ndarray) and E.dtype != object:
-            if E.ndim != 4:
-                raise ValueError(f"embeddings must be (n_images, H, W, D) or a list of (H, W, D), got shape {E.shape}")
-            E = list(E)
-        E = list(E)
-        if not E:
-            raise ValueError("no embeddings given: the list of images is empty")
-        if masks is not None:
-            masks = list(masks)
-            if len(masks) != len(E):
-                raise ValueError(f"{len(masks)} masks for {len(E)} images")
-        for i, e in enumerate(E):
-            e = np.asarray(e)
-            if e.ndim != 3:
-                raise ValueError(f"embeddings of image {i} must be (H, W, D), got shape {e.shape}")
-            if masks is not None and np.asarray(masks[i]).shape != e.shape[:2]:
-                raise ValueError(f"mask {i} has shape {np.asarray(masks[i]).shape}, its image {e.shape[:2]}")
-        return E, masks
+    def _source(self, E, masks, encoder) -> "_Source":
+        return _Source(E, masks, encoder)
 
     def _select(self, e: np.ndarray, mask) -> tuple[np.ndarray, _ImageEntry]:
         h, w, d = e.shape
@@ -165,6 +157,11 @@ class PixelIndex(BaseEstimator):
         keep &= np.asarray(mask, bool)
         pixels = np.flatnonzero(keep).astype(np.int64 if h * w >= 2**31 else np.int32)
         return e.reshape(-1, d)[pixels], _ImageEntry(h, w, self.stride, pixels)
+
+    def _count(self, h: int, w: int, mask) -> int:
+        if mask is None:
+            return math.ceil(h / self.stride) * math.ceil(w / self.stride)
+        return int(np.asarray(mask, bool)[:: self.stride, :: self.stride].sum())
 
     def _vectors(self, v: np.ndarray, name="embeddings") -> np.ndarray:
         v = np.ascontiguousarray(v, dtype=np.float32)
@@ -178,12 +175,14 @@ class PixelIndex(BaseEstimator):
         return v
 
     def fit(self, E, masks=None, encoder=None):
-        """Build the index from per-pixel embeddings.
+        """Build the index from per-pixel embeddings, block by block.
 
         Parameters
         ----------
         E : float array (n_images, H, W, D) or list of (H_i, W_i, D) arrays
-            Embeddings; or images when ``encoder`` is given (embedded image by image).
+            Embeddings; or, when ``encoder`` is given, images in any form the encoder's
+            ``transform`` takes (arrays, paths), embedded one image at a time so that the
+            collection's embeddings are never all in memory.
         masks : list of bool arrays (H_i, W_i), optional
             Only pixels where the mask is True (and on the stride grid) are indexed.
         encoder : fitted LocalDiscriminativeEncoder, optional
@@ -191,20 +190,20 @@ class PixelIndex(BaseEstimator):
         Returns
         -------
         self
+
+        Notes
+        -----
+        Indexes that need training (IVF, PQ, SQ) are trained on ``train_size`` vectors drawn
+        at random from a random subset of the images, then every image is added in order.
         """
         self._validate_params()
         faiss = _faiss()
-        E, masks = self._prepare(E, masks, encoder)
-        d = int(np.asarray(E[0]).shape[-1])
-        counts = []
-        for i, e in enumerate(E):
-            e = np.asarray(e)
-            if e.shape[-1] != d:
-                raise ValueError(f"image {i} has embeddings of dimension {e.shape[-1]}, image 0 of {d}")
-            counts.append(self._select(e, None if masks is None else masks[i])[1].count)
+        src = self._source(E, masks, encoder)
+        counts = [self._count(*src.shape(i), src.mask(i)) for i in range(len(src))]
         n = int(sum(counts))
         if n == 0:
             raise ValueError("no pixel selected: every mask is empty")
+        d = src.dim()
         factory = auto_factory(n) if self.index == "auto" else self.index
         metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
         try:
@@ -216,24 +215,27 @@ class PixelIndex(BaseEstimator):
         self._entries: list[_ImageEntry] = []
         self._offsets = [0]
         if not index.is_trained:
-            self._train(E, masks, counts)
-        self._add(E, masks)
+            self._train(src, counts)
+        self._add(src)
         self._apply_search_params()
         return self
 
-    def _train(self, E, masks, counts):
+    def _train(self, src: "_Source", counts: list[int]) -> None:
         rng = check_random_state(self.random_state)
-        n = sum(counts)
-        take = min(self.train_size, n)
-        chosen = np.sort(rng.choice(n, size=take, replace=False))
-        sample, start = [], 0
-        for i, e in enumerate(E):
-            vecs = self._select(np.asarray(e), None if masks is None else masks[i])[0]
-            local = chosen[(chosen >= start) & (chosen < start + len(vecs))] - start
-            sample.append(vecs[local])
-            start += len(vecs)
-        x = self._vectors(np.concatenate(sample))
         ivf = _ivf(self.index_)
+        wanted = self.train_size
+        if wanted is None:
+            wanted = max(262_144, 39 * ivf.nlist) if ivf is not None else 262_144
+        # A random subset of images holding about 4x the sample, so that an encoder embeds
+        # only a bounded number of images for training.
+        order = rng.permutation(len(counts))
+        cum = np.cumsum(np.asarray(counts)[order])
+        chosen_images = np.sort(order[: int(np.searchsorted(cum, 4 * wanted)) + 1])
+        pool = [self._select(src.embeddings(i), src.mask(i))[0] for i in chosen_images]
+        pool = np.concatenate(pool)
+        take = min(wanted, len(pool))
+        x = self._vectors(pool[np.sort(rng.choice(len(pool), size=take, replace=False))])
+        del pool
         if ivf is not None and take < ivf.nlist:
             raise ValueError(
                 f"index {self.factory_!r} has {ivf.nlist} lists but only {take} training vectors; "
@@ -243,13 +245,13 @@ class PixelIndex(BaseEstimator):
             ivf.cp.seed = int(rng.randint(0, 2**31 - 1))
         self.index_.train(x)
 
-    def _add(self, E, masks) -> list[int]:
+    def _add(self, src: "_Source") -> list[int]:
         new_ids = []
         pending, pending_n = [], 0
-        for i, e in enumerate(E):
-            vecs, entry = self._select(np.asarray(e), None if masks is None else masks[i])
+        for i in range(len(src)):
+            vecs, entry = self._select(src.embeddings(i), src.mask(i))
             if vecs.shape[1] != self.dim_:
-                raise ValueError(f"embeddings have dimension {vecs.shape[1]}, the index {self.dim_}")
+                raise ValueError(f"image {i} has embeddings of dimension {vecs.shape[1]}, the index {self.dim_}")
             pending.append(self._vectors(vecs, f"embeddings of image {self.n_images_}"))
             pending_n += len(vecs)
             self._entries.append(entry)
@@ -265,10 +267,15 @@ class PixelIndex(BaseEstimator):
         return new_ids
 
     def add(self, E, masks=None, encoder=None) -> np.ndarray:
-        """Append images to a fitted index; returns their image numbers (continuing the count)."""
+        """Append images (as for :meth:`fit`) to a fitted index.
+
+        Returns
+        -------
+        image_numbers : int array
+            Their image numbers, continuing the count: existing numbers never change.
+        """
         check_is_fitted(self, "index_")
-        E, masks = self._prepare(E, masks, encoder)
-        return np.asarray(self._add(E, masks))
+        return np.asarray(self._add(self._source(E, masks, encoder)))
 
     # ------------------------------------------------------------------ querying
     def _apply_search_params(self):
@@ -451,6 +458,62 @@ class PixelIndex(BaseEstimator):
         """Size of the serialised index (codes, lists, quantisers) divided by the vector count."""
         check_is_fitted(self, "index_")
         return _faiss().serialize_index(self.index_).nbytes / max(1, self.n_vectors_)
+
+
+class _Source:
+    """Images' embeddings, one image at a time: given arrays, or computed by an encoder."""
+
+    def __init__(self, E, masks, encoder):
+        self.encoder = encoder
+        if encoder is not None:
+            from .io import ImageCollection
+
+            self.items = ImageCollection(E, n_channels=encoder.n_channels_in_, name="X")
+            self._dim = encoder.model_.embedding_dim
+        else:
+            if isinstance(E, np.ndarray) and E.dtype != object:
+                if E.ndim != 4:
+                    raise ValueError(
+                        f"embeddings must be (n_images, H, W, D) or a list of (H, W, D), got shape {E.shape}"
+                    )
+            self.items = list(E)
+            for i, e in enumerate(self.items):
+                if np.ndim(e) != 3:
+                    raise ValueError(f"embeddings of image {i} must be (H, W, D), got shape {np.shape(e)}")
+            if self.items:
+                self._dim = int(np.shape(self.items[0])[-1])
+                for i, e in enumerate(self.items):
+                    if np.shape(e)[-1] != self._dim:
+                        raise ValueError(f"image {i} has embeddings of dimension {np.shape(e)[-1]}, image 0 of {self._dim}")
+        if len(self.items) == 0:
+            raise ValueError("no embeddings given: the list of images is empty")
+        self.masks = None if masks is None else list(masks)
+        if self.masks is not None:
+            if len(self.masks) != len(self.items):
+                raise ValueError(f"{len(self.masks)} masks for {len(self.items)} images")
+            for i, m in enumerate(self.masks):
+                if np.shape(m) != self.shape(i):
+                    raise ValueError(f"mask {i} has shape {np.shape(m)}, its image {self.shape(i)}")
+
+    def __len__(self):
+        return len(self.items)
+
+    def dim(self) -> int:
+        return self._dim
+
+    def shape(self, i) -> tuple[int, int]:
+        if self.encoder is not None:
+            return self.items.shape(i)
+        return tuple(np.shape(self.items[i])[:2])
+
+    def mask(self, i):
+        return None if self.masks is None else self.masks[i]
+
+    def embeddings(self, i) -> np.ndarray:
+        if self.encoder is not None:
+            img = self.items[i]
+            return self.encoder.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
+        return np.asarray(self.items[i])
 
 
 def _ivf(index):

@@ -143,10 +143,11 @@ class ImageCollection:
     X : array of shape (n, H, W) or (n, H, W, C), a sequence of (H, W[, C]) arrays of any
         sizes, a sequence of file paths, or one directory / glob pattern / file path.
     n_channels : {1, 3} or None
-        Channel count to enforce. None: decided by the data (arrays must all agree; for
-        files, gray unless the first file is a true colour image).
-    strict_channels : bool
-        When True (arrays) a channel mismatch is an error; files are always converted.
+        Channel count to enforce: arrays with another count are an error, files are
+        converted. None: decided by the data (arrays must all agree; for files, gray unless
+        the first file is a true colour image).
+    name : str
+        How the collection is named in error messages.
 
     Attributes
     ----------

@@ -131,4 +131,31 @@ def test_bad_queries_are_named():
 def test_auto_choice_by_size():
     assert auto_factory(10_000) == "Flat"
     assert auto_factory(1_000_000) == "IVF4096,SQ8"
-    assert auto_factory(50_000_000).endswith(",PQ16")
+    assert auto_factory(50_000_000) == "IVF32768_HNSW32,PQ16"
+
+
+def test_fit_with_an_encoder_embeds_image_by_image():
+    from skuld import LocalDiscriminativeEncoder
+
+    from .helpers import TINY, blobs
+
+    X = blobs(3, 40)
+    enc = LocalDiscriminativeEncoder(**TINY).fit(X)
+    direct = PixelIndex(index="Flat", stride=3).fit(enc.transform(X))
+    via = PixelIndex(index="Flat", stride=3).fit(X, encoder=enc)
+    Q = enc.transform(X[:1])[0, 10:12, 5]
+    for a, b in zip(via.kneighbors(Q, 3), direct.kneighbors(Q, 3)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert via.add(X[:1], encoder=enc).tolist() == [3]
+
+
+def test_queries_in_forked_children_after_the_parent_searched():
+    import multiprocessing as mp
+
+    E = random_embeddings(2, 40, 40)
+    idx = PixelIndex(index="Flat").fit(E)
+    idx.kneighbors(E[0, :50, 0], k=5)  # the parent's OpenMP threads are now running
+    with mp.get_context("fork").Pool(2) as pool:
+        res = pool.starmap_async(idx.kneighbors, [(E[1, i : i + 1, 3], 1) for i in range(4)])
+        out = res.get(timeout=120)  # a hang fails here instead of blocking the suite
+    assert [o[1][0, 0].tolist() for o in out] == [[1, i, 3] for i in range(4)]
