@@ -23,8 +23,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-#: Location returned where fewer than k neighbours exist (distances are +inf there).
+#: Location returned where fewer than k neighbours exist (distances are +-inf there).
 MISSING = -1
+
+_QUERY_BLOCK = 65_536
 
 _FORMAT = 1
 
@@ -335,18 +337,41 @@ class PixelIndex(BaseEstimator):
             raise ValueError(f"queries must be (q, {self.dim_}), got shape {Q.shape}")
         if self.n_vectors_ == 0:
             raise ValueError("the index is empty")
-        D, ids = self.index_.search(self._vectors(Q, "queries"), int(k))
+        Q = self._vectors(Q, "queries")
+        # Blocks of queries bound the (q, k) result buffers FAISS allocates; each block is
+        # searched by all of FAISS's threads.
+        parts = [self.index_.search(Q[i : i + _QUERY_BLOCK], int(k)) for i in range(0, len(Q), _QUERY_BLOCK)]
+        D = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, k), np.float32)
+        ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, k), np.int64)
         # FAISS pads with +-FLT_MAX; infinities say "nothing there" unambiguously.
         D[ids < 0] = np.inf if self.metric == "l2" else -np.inf
         return D, self.locations(ids)
 
-    def kneighbors_of(self, pixels, k: int = 10):
-        """Neighbours of already indexed pixels given as (image, row, col) rows of an int array.
+    def kneighbors_of(self, pixels, k: int = 10, embeddings=None):
+        """Neighbours of given pixels.
 
-        Their vectors are reconstructed from the index (exactly for Flat indexes, as stored
-        codes for compressed ones). Returns as :meth:`kneighbors`.
+        Parameters
+        ----------
+        pixels : int array (n, 3) of (image, row, col) of indexed pixels; or, with
+            ``embeddings``, (n, 2) of (row, col) in that (new, not indexed) image.
+        k : int
+        embeddings : float array (H, W, D), optional
+            The embeddings of a new image, e.g. ``encoder.transform(img[None])[0]``.
+
+        Returns
+        -------
+        As :meth:`kneighbors`. Indexed pixels' vectors are reconstructed from the index
+        (exactly for Flat indexes, from their stored codes for compressed ones).
         """
         check_is_fitted(self, "index_")
+        if embeddings is not None:
+            rc = np.atleast_2d(np.asarray(pixels, dtype=np.int64))
+            e = np.asarray(embeddings)
+            if rc.shape[1] != 2 or e.ndim != 3:
+                raise ValueError(f"with embeddings (H, W, D), pixels must be (n, 2) rows of (row, col); got {rc.shape}")
+            if (rc < 0).any() or (rc[:, 0] >= e.shape[0]).any() or (rc[:, 1] >= e.shape[1]).any():
+                raise ValueError(f"pixels outside the {e.shape[0]} x {e.shape[1]} image")
+            return self.kneighbors(e[rc[:, 0], rc[:, 1]], k)
         pixels = np.atleast_2d(np.asarray(pixels, dtype=np.int64))
         ids = self.ids_of(pixels)
         ivf = _ivf(self.index_)

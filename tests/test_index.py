@@ -159,3 +159,13 @@ def test_queries_in_forked_children_after_the_parent_searched():
         res = pool.starmap_async(idx.kneighbors, [(E[1, i : i + 1, 3], 1) for i in range(4)])
         out = res.get(timeout=120)  # a hang fails here instead of blocking the suite
     assert [o[1][0, 0].tolist() for o in out] == [[1, i, 3] for i in range(4)]
+
+
+def test_query_by_a_pixel_of_a_new_image():
+    E = random_embeddings(2, 6, 6)
+    idx = PixelIndex(index="Flat").fit(E)
+    new = E[1].copy()  # a "new" image that happens to equal image 1
+    _, loc = idx.kneighbors_of([[2, 3], [5, 0]], k=1, embeddings=new)
+    assert loc[:, 0].tolist() == [[1, 2, 3], [1, 5, 0]]
+    with pytest.raises(ValueError, match="outside"):
+        idx.kneighbors_of([[6, 0]], embeddings=new)
