@@ -153,7 +153,7 @@ def main():
                  "anat_error_mean": float(err_sk.mean()), "anat_error_median": float(np.median(err_sk)),
                  "added_error": float(err_sk.mean() - err_exact.mean())})
     print(rows[-1], flush=True)
-    del flat, nn
+    del flat
 
     t0 = time.perf_counter()
     auto = PixelIndex(random_state=0).fit(images)

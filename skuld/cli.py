@@ -46,7 +46,7 @@ def _cmd_embed(args) -> int:
     import joblib
     import numpy as np
 
-    from .io import ImageCollection, atomic_write, expand_paths
+    from .io import atomic_write, expand_paths
 
     enc = joblib.load(args.model)
     paths = [p for spec in args.images for p in expand_paths(spec)]
@@ -54,8 +54,7 @@ def _cmd_embed(args) -> int:
     dtype = np.float16 if args.float16 else np.float32
     for i, path in enumerate(paths):
         stem = os.path.splitext(os.path.basename(path))[0]
-        images = ImageCollection([path], n_channels=enc.n_channels_in_)
-        E = enc.transform(images.paths)[0].astype(dtype, copy=False)
+        E = enc.transform([path])[0].astype(dtype, copy=False)
         target = os.path.join(args.out, f"{stem}.npy")
         atomic_write(target, lambda tmp: np.save(open(tmp, "wb"), E))
         print(f"[{i + 1}/{len(paths)}] {path} -> {target} {E.shape} {E.dtype}", flush=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -31,6 +30,7 @@ from .training import (
     resolve_device,
     resolve_precision,
     run_steps,
+    to_cpu,
 )
 
 # Parameters that do not change what is learned: a checkpoint written under other values of
@@ -609,9 +609,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
             }
         optimizer = state.pop("_optimizer", None)
         if optimizer is not None:
-            from .training import _to_cpu
-
-            state["_optimizer_state"] = _to_cpu(optimizer.state_dict())
+            state["_optimizer_state"] = to_cpu(optimizer.state_dict())
         state.pop("_skl_callbacks", None)  # live progress bars and threads do not pickle
         if "device_" in state:
             state["device_"] = str(state["device_"])

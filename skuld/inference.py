@@ -7,8 +7,6 @@ resolution in blocks of rows written straight into the output array.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -125,11 +123,3 @@ def infer_image(
         for r0, block in _upsample_rows(m, (big_h, big_w), block_rows):
             block = F.normalize(block, dim=0) if head == "embed" else block / block.sum(0, keepdim=True)
             target[r0 : r0 + block.shape[1]] = block.permute(1, 2, 0).cpu().numpy()
-
-
-def n_tiles(h: int, w: int, tile_size: int = 1024, margin: int = 96) -> int:
-    """Number of network passes :func:`infer_image` makes for a working-resolution image."""
-    if h * w <= tile_size * tile_size:
-        return 1
-    core = tile_size - 2 * margin
-    return math.ceil(h / core) * math.ceil(w / core)

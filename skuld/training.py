@@ -163,7 +163,7 @@ def save_checkpoint(path: str, state: TrainState, extra: dict) -> None:
         "format": CHECKPOINT_FORMAT,
         "model_config": state.model.config(),
         "model": {k: v.detach().cpu() for k, v in state.model.state_dict().items()},
-        "optimizer": _to_cpu(state.optimizer.state_dict()),
+        "optimizer": to_cpu(state.optimizer.state_dict()),
         "schedule": vars(state.schedule),
         "step": state.step,
         "history": state.history,
@@ -182,13 +182,14 @@ def load_checkpoint(path: str) -> dict:
     return payload
 
 
-def _to_cpu(obj):
+def to_cpu(obj):
+    """Tensors inside nested dicts and lists, moved to the CPU (device-independent state)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_cpu(v) for v in obj]
     return obj
 
 

@@ -1,4 +1,3 @@
-import os
 import pickle
 
 import imageio.v3 as iio
