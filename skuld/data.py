@@ -32,7 +32,10 @@ def working_shape(height: int, width: int, image_size: int | None) -> tuple[int,
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """float32 (H, W, C) array -> (C, H, W) tensor (a view when possible)."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    img = np.ascontiguousarray(img)
+    if not img.flags.writeable:  # read-only inputs (memmaps): torch wants memory it may write
+        img = img.copy()
+    return torch.from_numpy(img).permute(2, 0, 1)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
