@@ -169,3 +169,12 @@ def test_query_by_a_pixel_of_a_new_image():
     assert loc[:, 0].tolist() == [[1, 2, 3], [1, 5, 0]]
     with pytest.raises(ValueError, match="outside"):
         idx.kneighbors_of([[6, 0]], embeddings=new)
+
+
+def test_hnsw_factory_string_and_ef_search_after_fit():
+    E = random_embeddings(2, 20, 20)
+    idx = PixelIndex(index="HNSW16", ef_search=8).fit(E)
+    assert idx.index_.hnsw.efSearch == 8
+    idx.set_params(ef_search=128)
+    assert idx.index_.hnsw.efSearch == 128
+    assert idx.kneighbors(E[1, 7, 9], k=1)[1][0, 0].tolist() == [1, 7, 9]
