@@ -626,6 +626,9 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
             model.load_state_dict(payload["state_dict"], assign=True)
             self.model_ = model.eval()
             self._optimizer = None
+            if not hasattr(self, "image_size_"):  # pickled before sizes became fitted attributes
+                self.crop_size_ = self.crop_size if self.crop_size != "auto" else 160
+                self.image_size_ = self.image_size if self.image_size != "auto" else 256
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
