@@ -151,7 +151,7 @@ def region_features(a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return F.normalize(r, dim=2, eps=_EPS)
 
 
-def region_discrimination_loss(a: torch.Tensor, z: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+def region_discrimination_loss(a: torch.Tensor, z: torch.Tensor, tau: float = 0.2, gather=None) -> torch.Tensor:
     """Region discrimination: each image's region k must be closest to the batch centre k.
 
     Centres ``c_k = normalise(mean_n r_{n,k})`` are computed from the batch itself (no memory
@@ -166,12 +166,17 @@ def region_discrimination_loss(a: torch.Tensor, z: torch.Tensor, tau: float = 0.
         Unit pixel embeddings.
     tau : float
         Temperature (0.2 in the paper).
+    gather : callable, optional
+        Concatenates region features ``(N, K, D)`` from every process (distributed training),
+        so that centres and the loss are those of the global batch.
 
     Returns
     -------
     loss : scalar Tensor, float32, between ``log(1 + (K-1) e^{-2/tau})`` and ``log K + 2/tau``.
     """
     r = region_features(a, z)
+    if gather is not None:
+        r = gather(r)
     c = F.normalize(r.mean(dim=0), dim=1, eps=_EPS)  # (K, D)
     logits = torch.einsum("nkd,jd->nkj", r, c) / tau
     k = r.shape[1]
@@ -185,14 +190,17 @@ def binary_entropy(a: torch.Tensor) -> torch.Tensor:
     return -(a * torch.log2(a) + (1 - a) * torch.log2(1 - a)).mean()
 
 
-def area_balance_loss(a: torch.Tensor) -> torch.Tensor:
+def area_balance_loss(a: torch.Tensor, mean_over_processes=None) -> torch.Tensor:
     """Prior that every cluster covers about 1/K of the pixels of the batch.
 
     ``K * sum_k (mean area_k - 1/K)^2``: 0 for balanced clusters, at most ``K - 1`` when one
     cluster takes every pixel. ``a``: ``(N, K, H, W)`` summing to 1 along K.
+    ``mean_over_processes`` (distributed training) turns local areas into global ones.
     """
     k = a.shape[1]
     area = a.float().mean(dim=(0, 2, 3))
+    if mean_over_processes is not None:
+        area = mean_over_processes(area)
     return k * ((area - 1.0 / k) ** 2).sum()
 
 

@@ -14,6 +14,7 @@ from .losses import (
     patch_features,
     region_discrimination_loss,
 )
+from ..distributed import gather_with_grad, global_mean, world_size
 from .network import LDNet
 from .views import Views, undo_rot90
 
@@ -83,17 +84,21 @@ def _losses(z, a, views, cfg):
     def flat(t):
         return t.permute(0, 2, 3, 1).reshape(-1, d)
 
+    # Distributed: patches and regions of every process enter the losses (global batch);
+    # a no-op in a single process.
+    gather = gather_with_grad if world_size() > 1 else None
+    g = gather or (lambda t: t)
     parts: dict[str, torch.Tensor] = {}
-    loss = parts["patch"] = instance_spreading_loss(flat(u1), flat(u2), cfg.tau_patch)
+    loss = parts["patch"] = instance_spreading_loss(g(flat(u1)), g(flat(u2)), cfg.tau_patch)
     if views.mix_lambda is not None:
         targets = hypersphere_mixup_targets(u1[:b], u1[b:], views.mix_lambda)
-        parts["mixup"] = instance_spreading_loss(flat(u[n_pair:]), flat(targets), cfg.tau_patch)
+        parts["mixup"] = instance_spreading_loss(g(flat(u[n_pair:])), g(flat(targets)), cfg.tau_patch)
         loss = loss + parts["mixup"]
     if a is not None:
-        parts["region"] = region_discrimination_loss(a, z[:n_pair], cfg.tau_region)
-        parts["entropy"] = binary_entropy(a)
+        parts["region"] = region_discrimination_loss(a, z[:n_pair], cfg.tau_region, gather=gather)
+        parts["entropy"] = binary_entropy(a)  # a mean per pixel: averaging over processes is exact
         loss = loss + cfg.region_weight * parts["region"] + cfg.entropy_weight * parts["entropy"]
         if cfg.area_weight:
-            parts["area"] = area_balance_loss(a)
+            parts["area"] = area_balance_loss(a, global_mean if gather else None)
             loss = loss + cfg.area_weight * parts["area"]
     return loss, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,108 @@
+"""Several processes, one global batch: gradient-correct gathering and synchronised BatchNorm.
+
+With ``W`` processes (``torch.distributed`` initialised, e.g. by ``torchrun``), each holds a
+``1/W`` share of the batch. Patch and region discrimination must see the global batch (every
+other process's patches are negatives, region centres average over all images), so their
+inputs are gathered across processes with :func:`gather_with_grad`. Every process then
+computes the same global loss; the backward of the gather sums the gradient over processes
+(``all_reduce``) and keeps this process's slice, so that after DistributedDataParallel
+averages parameter gradients, they equal the single-process gradient of the global batch.
+(A gather whose backward only keeps the local slice, without the sum, gives gradients W
+times too small for those terms: the fault of several public implementations.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (same shape on every process) from all processes along dim 0.
+
+    Returns ``x`` itself when not distributed. Differentiable: see the module docstring.
+    """
+    if world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the global batch across processes.
+
+    Works on any device and backend (``torch.nn.SyncBatchNorm`` needs GPUs); used for CPU
+    (gloo) training. Per-channel sums are gathered with gradients, so backward is exact.
+    Outside distributed training it is a plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        xf = x.float()
+        count = torch.tensor([x.numel() / c], device=x.device, dtype=torch.float32)
+        stats = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
+        total = gather_with_grad(stats[None]).sum(0)
+        n = total[-1]
+        mean = total[:c] / n
+        var = total[c : 2 * c] / n - mean * mean
+        with torch.no_grad():
+            if self.track_running_stats and self.running_mean is not None:
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(float(n) - 1, 1.0))
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def convert_batch_norm(module: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """Replace every BatchNorm2d by a synchronised one, keeping parameters and statistics:
+    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm2d` elsewhere."""
+    if device is not None and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlobalBatchNorm2d):
+            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            new.to(next(iter(child.state_dict().values())).device)
+            setattr(module, name, new)
+        else:
+            convert_batch_norm(child, device)
+    return module
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over processes of a per-process tensor (equal shapes), with gradients."""
+    if world_size() == 1:
+        return x
+    return gather_with_grad(x[None]).mean(0)
+
+
+__all__ = ["GlobalBatchNorm2d", "convert_batch_norm", "gather_with_grad", "global_mean", "rank", "world_size"]

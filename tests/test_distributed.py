@@ -1,0 +1,77 @@
+"""Two CPU processes (gloo) on halves of a batch must train exactly like one process on all of it."""
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from skuld.distributed import convert_batch_norm, gather_with_grad
+from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, Views, ld_objective, make_views
+from skuld.training import normalize
+
+B = 2  # items in the global batch: one per process
+CFG = ObjectiveConfig(patch_grid=4, area_weight=1.0)
+
+
+def global_batch():
+    pairs = torch.rand(B, 2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    return make_views(pairs, ViewConfig(), torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+
+
+def local_share(views: Views, r: int) -> Views:
+    """Item r's five images, quarter turns and mixup weight, in the objective's order."""
+    idx = [r, B + r, 2 * B + r, 3 * B + r, 4 * B + r]
+    return Views(images=views.images[idx], rot90_k=[views.rot90_k[r], views.rot90_k[B + r]],
+                 mix_lambda=views.mix_lambda[r : r + 1])
+
+
+def network():
+    torch.manual_seed(0)
+    return LDNet(1, embedding_dim=8, n_clusters=4, width=0.5).train()
+
+
+def step(net, views):
+    x = normalize(views.images, (0.5,), (0.5,))
+    loss, parts = ld_objective(net, x, views, "ld", CFG)
+    loss.backward()
+    return parts
+
+
+def _worker(r, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=r, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        net = convert_batch_norm(network())
+        parts = step(net, local_share(global_batch(), r))
+        # What DistributedDataParallel does with the gradients:
+        grads = torch.cat([p.grad.flatten() for p in net.parameters()])
+        dist.all_reduce(grads)
+        grads /= world
+        entropy = parts["entropy"].clone()
+        dist.all_reduce(entropy)
+        stats = torch.cat([b.flatten() for n, b in net.named_buffers() if "running" in n])
+        if r == 0:
+            torch.save({"parts": {**parts, "entropy": entropy / world}, "grads": grads, "stats": stats}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_is_the_identity_in_one_process():
+    x = torch.rand(3, 2, requires_grad=True)
+    assert gather_with_grad(x) is x
+
+
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True)
+    got = torch.load(tmp_path / "out.pt")
+
+    net = network()
+    parts = step(net, global_batch())
+    grads = torch.cat([p.grad.flatten() for p in net.parameters()])
+    stats = torch.cat([b.flatten() for n, b in net.named_buffers() if "running" in n])
+
+    for k in ("patch", "mixup", "region", "entropy", "area"):
+        np.testing.assert_allclose(float(got["parts"][k]), float(parts[k]), rtol=1e-4, atol=1e-5, err_msg=k)
+    torch.testing.assert_close(got["grads"], grads, rtol=2e-3, atol=2e-5)
+    torch.testing.assert_close(got["stats"], stats, rtol=1e-4, atol=1e-5)
