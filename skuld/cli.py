@@ -35,10 +35,16 @@ def _cmd_fit(args) -> int:
     if args.no_rotation:
         params.update(rotation=0.0, rot90=False)
     params = {k: v for k, v in params.items() if v is not None}
+    from .distributed import rank, world_size
+
     enc = LocalDiscriminativeEncoder(**params)
+    if rank() != 0:
+        enc.set_params(verbose=0)
     enc.fit(args.images)
-    atomic_write(args.out, lambda tmp: joblib.dump(enc, tmp))
-    print(f"wrote {os.path.abspath(args.out)} ({enc.n_iter_} steps, final loss {enc.loss_history_[-1]['loss']:.3f})")
+    if rank() == 0:
+        atomic_write(args.out, lambda tmp: joblib.dump(enc, tmp))
+        print(f"wrote {os.path.abspath(args.out)} ({enc.n_iter_} steps of {world_size()} x {enc.batch_size} items, "
+              f"final loss {enc.loss_history_[-1]['loss']:.3f})")
     return 0
 
 
@@ -70,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-iter", type=int, default=None, help="training steps (default 300)")
     demo.set_defaults(func=_cmd_demo)
 
-    fit = sub.add_parser("fit", help="pretrain a LocalDiscriminativeEncoder on a folder or glob of images")
+    fit = sub.add_parser("fit", help="pretrain a LocalDiscriminativeEncoder on a folder or glob of images "
+                                     "(several processes: torchrun --nproc-per-node=N -m skuld fit ...)")
     fit.add_argument("images", help="directory, glob pattern ('scans/*.png') or single file")
     fit.add_argument("--out", required=True, help="where to save the fitted model (joblib)")
     fit.add_argument("--max-iter", type=int)
@@ -93,8 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _init_distributed() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    distributed_run = _init_distributed()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -103,6 +123,11 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
         print(f"skuld {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if distributed_run:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

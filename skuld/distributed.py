@@ -13,6 +13,8 @@ times too small for those terms: the fault of several public implementations.)
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -82,19 +84,37 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return y.to(x.dtype)
 
 
+@contextlib.contextmanager
+def synchronized_batch_norm(module: nn.Module, device: torch.device | None = None):
+    """Within the block, every BatchNorm2d of ``module`` uses global-batch statistics:
+    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm2d` elsewhere.
+
+    The modules change class in place, so their parameters stay the very objects an
+    optimizer already holds; leaving the block restores plain BatchNorm2d.
+    """
+    swapped = _swap_batch_norm(module, device)
+    try:
+        yield module
+    finally:
+        for m in swapped:
+            m.__class__ = nn.BatchNorm2d
+            m.__dict__.pop("process_group", None)
+
+
+def _swap_batch_norm(module: nn.Module, device: torch.device | None) -> list[nn.Module]:
+    target = nn.SyncBatchNorm if device is not None and device.type == "cuda" else GlobalBatchNorm2d
+    swapped = [m for m in module.modules() if type(m) is nn.BatchNorm2d]
+    for m in swapped:
+        m.__class__ = target
+        if target is nn.SyncBatchNorm:
+            m.process_group = None
+    return swapped
+
+
 def convert_batch_norm(module: nn.Module, device: torch.device | None = None) -> nn.Module:
-    """Replace every BatchNorm2d by a synchronised one, keeping parameters and statistics:
-    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm2d` elsewhere."""
-    if device is not None and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlobalBatchNorm2d):
-            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
-            new.load_state_dict(child.state_dict())
-            new.to(next(iter(child.state_dict().values())).device)
-            setattr(module, name, new)
-        else:
-            convert_batch_norm(child, device)
+    """Switch ``module``'s BatchNorm2d layers to synchronised ones for good (see
+    :func:`synchronized_batch_norm`, which does it for the duration of a block)."""
+    _swap_batch_norm(module, device)
     return module
 
 
@@ -105,4 +125,4 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
     return gather_with_grad(x[None]).mean(0)
 
 
-__all__ = ["GlobalBatchNorm2d", "convert_batch_norm", "gather_with_grad", "global_mean", "rank", "world_size"]
+__all__ = ["GlobalBatchNorm2d", "convert_batch_norm", "synchronized_batch_norm", "gather_with_grad", "global_mean", "rank", "world_size"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -15,6 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .distributed import synchronized_batch_norm, world_size
 from .inference import check_min_size, infer_image
 from .io import ImageCollection
 from .nn.network import SIZE_MULTIPLE, LDNet, VGGEncoder
@@ -318,6 +320,17 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         image = (512 if gpu else 256) if self.image_size == "auto" else self.image_size
         return crop, image
 
+    def _draw_seed(self) -> int:
+        """The run's seed; in multi-process training, rank 0's, so all processes agree."""
+        if isinstance(self.random_state, Integral):
+            return int(self.random_state)
+        seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        if world_size() > 1:
+            box = [seed]
+            torch.distributed.broadcast_object_list(box, src=0)
+            seed = int(box[0])
+        return seed
+
     def _view_config(self) -> ViewConfig:
         b, c, s, h = (float(v) for v in self.color_jitter)
         return ViewConfig(
@@ -406,6 +419,10 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
 
     def _train(self, images: ImageCollection, stop: int) -> None:
         device = self.device_ = resolve_device(self.device)
+        distributed_run = world_size() > 1
+        if distributed_run and device.type == "cuda":
+            device = self.device_ = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
         self.model_.to(device)
         amp_dtype = resolve_precision(self.precision, device)
         optimizer = self._ensure_optimizer()
@@ -447,7 +464,8 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         has_callbacks = bool(getattr(self, "_skl_callbacks", None))
         try:
             compile_ = self.compile if self.compile != "auto" else (device.type == "cuda" and stop - self.n_iter_ >= 500)
-            with model.compiled(compile_):
+            sync_bn = synchronized_batch_norm(model, device) if distributed_run else contextlib.nullcontext()
+            with sync_bn, model.compiled(compile_):
                 run_steps(state, images, cfg, stop,
                           on_step_begin=on_begin if has_callbacks else None,
                           on_step_end=on_end if has_callbacks else None,
@@ -481,9 +499,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         if fitted:
             stop = self.n_iter_ + self.max_iter
         else:
-            rs = check_random_state(self.random_state)
-            seed = int(self.random_state) if isinstance(self.random_state, Integral) else int(rs.randint(0, 2**31 - 1))
-            self._initialize(images.n_channels, seed)
+            self._initialize(images.n_channels, self._draw_seed())
             self._try_resume(images)
             stop = self.max_iter
         if self.n_iter_ < stop:
@@ -506,9 +522,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
             self._check_params()
         images = self._collect(X, fitted)
         if not fitted:
-            rs = check_random_state(self.random_state)
-            seed = int(self.random_state) if isinstance(self.random_state, Integral) else int(rs.randint(0, 2**31 - 1))
-            self._initialize(images.n_channels, seed)
+            self._initialize(images.n_channels, self._draw_seed())
         n_steps = max(1, math.ceil(len(images) / (2 * self.batch_size)))
         self._train(images, self.n_iter_ + n_steps)
         return self

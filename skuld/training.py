@@ -6,6 +6,7 @@ It knows nothing of scikit-learn; :class:`skuld.LocalDiscriminativeEncoder` driv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import time
 import warnings
@@ -15,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .data import PairCropDataset, worker_init
 from .io import ImageCollection, atomic_write
 from .nn.network import LDNet
@@ -149,9 +151,9 @@ class TrainState:
     scaler: torch.amp.GradScaler | None = None
 
 
-def step_generators(seed: int, step: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """Generators of one step: the views of step t depend only on (seed, t)."""
-    value = (seed * 1_000_003 + step) % (2**63 - 1)
+def step_generators(seed: int, step: int, device: torch.device, rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """Generators of one step: the views of step t depend only on (seed, t, process rank)."""
+    value = (seed * 1_000_003 + step + rank * 0x9E3779B97F4A7C) % (2**63 - 1)
     host = torch.Generator().manual_seed(value)
     if device.type == "cpu":
         return host, torch.Generator().manual_seed(value ^ 0x5DEECE66D)
@@ -230,6 +232,21 @@ class _Reporter:
             )
 
 
+class _TrainingForward(torch.nn.Module):
+    """The network's training forward as one ``forward`` call, which DDP needs to hook into:
+    embeddings of every image and cluster maps of the first ``n_cluster`` (or none)."""
+
+    def __init__(self, net: LDNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, n_cluster: int | None):
+        trunk = self.net.trunk(x)
+        z = self.net.embed(trunk)
+        a = self.net.cluster(trunk[:n_cluster]) if n_cluster is not None else None
+        return z, a
+
+
 def run_steps(
     state: TrainState,
     images: ImageCollection,
@@ -249,7 +266,11 @@ def run_steps(
     dev = cfg.device
     dataset = PairCropDataset(images, cfg.crop_size, cfg.image_size, cfg.crop_scale, cfg.seed, length=2**62)
     b = cfg.batch_size
-    sampler = range(state.step * b, stop * b)
+    world, rank = distributed.world_size(), distributed.rank()
+    # Global item j of step t is sample t * b * world + j; this process takes its b of them.
+    sampler = range(state.step * b, stop * b) if world == 1 else [
+        t * b * world + rank * b + j for t in range(state.step, stop) for j in range(b)
+    ]
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=b,
@@ -264,7 +285,16 @@ def run_steps(
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    reporter = _Reporter(state, cfg, stop)
+    forward = None
+    if world > 1:
+        # DistributedDataParallel averages gradients over processes during backward; unused
+        # parameters (the clustering head in the warm-up) are allowed.
+        forward = torch.nn.parallel.DistributedDataParallel(
+            _TrainingForward(model), device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    is_main = rank == 0
+    reporter = _Reporter(state, cfg if is_main else dataclasses.replace(cfg, verbose=0), stop)
     extra = checkpoint_extra or (lambda: {})
     model.train()
     # Training crops all have one size: let cuDNN pick its fastest kernels once.
@@ -278,12 +308,12 @@ def run_steps(
             stage, lr = state.schedule.stage(step), state.schedule.lr(step)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
-            gen, host_gen = step_generators(cfg.seed, step, dev)
+            gen, host_gen = step_generators(cfg.seed, step, dev, rank)
             pairs = pairs.to(dev, non_blocking=True)
             views = make_views(pairs, cfg.views, gen, host_gen)
             x = normalize(views.images, cfg.mean, cfg.std).contiguous(memory_format=memory_format)
             with autocast(dev, cfg.amp_dtype):
-                loss, parts = ld_objective(model, x, views, stage, cfg.objective)
+                loss, parts = ld_objective(model, x, views, stage, cfg.objective, forward=forward)
             state.optimizer.zero_grad(set_to_none=True)
             if state.scaler is not None:
                 state.scaler.scale(loss).backward()
@@ -297,7 +327,7 @@ def run_steps(
             last_step = state.step == stop
             if len(reporter.pending) >= cfg.report_every or last_step:
                 reporter.flush()
-            if cfg.checkpoint_path and (state.step % cfg.checkpoint_every == 0 or last_step):
+            if is_main and cfg.checkpoint_path and (state.step % cfg.checkpoint_every == 0 or last_step):
                 reporter.flush()
                 save_checkpoint(cfg.checkpoint_path, state, extra())
             if on_step_end is not None:
@@ -309,7 +339,7 @@ def run_steps(
     except BaseException:
         reporter.pending = [p for p in reporter.pending if p[0] < state.step]
         reporter.flush()
-        if cfg.checkpoint_path and state.step > 0:
+        if is_main and cfg.checkpoint_path and state.step > 0:
             save_checkpoint(cfg.checkpoint_path, state, extra())
             if cfg.verbose:
                 print(f"[skuld] interrupted at step {state.step}: checkpoint kept in {cfg.checkpoint_path}",

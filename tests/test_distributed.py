@@ -75,3 +75,58 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
         np.testing.assert_allclose(float(got["parts"][k]), float(parts[k]), rtol=1e-4, atol=1e-5, err_msg=k)
     torch.testing.assert_close(got["grads"], grads, rtol=2e-3, atol=2e-5)
     torch.testing.assert_close(got["stats"], stats, rtol=1e-4, atol=1e-5)
+
+
+def _fit_worker(r, world, init_file, ckpt_dir, out_file):
+    from skuld import LocalDiscriminativeEncoder
+
+    from .helpers import TINY, blobs
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=r, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        enc = LocalDiscriminativeEncoder(**{**TINY, "random_state": None, "checkpoint_dir": ckpt_dir}).fit(blobs(4, 48))
+        flat = torch.cat([p.detach().flatten() for p in enc.model_.parameters()])
+        both = [torch.empty_like(flat) for _ in range(world)]
+        dist.all_gather(both, flat)
+        plain = all(type(m).__name__ != "GlobalBatchNorm2d" for m in enc.model_.modules())
+        if r == 0:
+            torch.save({"same": bool(torch.equal(both[0], both[1])), "plain": plain, "n_iter": enc.n_iter_}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_estimator_fits_in_two_processes_with_one_checkpoint(tmp_path):
+    from skuld.training import CHECKPOINT_NAME
+
+    mp.spawn(_fit_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ckpt"), str(tmp_path / "out.pt")),
+             nprocs=2, join=True)
+    got = torch.load(tmp_path / "out.pt")
+    assert got["same"], "the processes' weights diverged"
+    assert got["plain"] and got["n_iter"] == 3
+    assert (tmp_path / "ckpt" / CHECKPOINT_NAME).exists()
+
+
+def test_cli_fit_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    from .helpers import blobs
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, img in enumerate(blobs(4, 48)):
+        iio.imwrite(d / f"{i}.png", (img * 255).astype(np.uint8))
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517", "-m", "skuld",
+         "fit", str(d), "--out", str(tmp_path / "m.joblib"), "--max-iter", "2", "--crop-size", "32",
+         "--image-size", "48", "--batch-size", "1", "--random-state", "0", "--device", "cpu"],
+        capture_output=True, text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "steps of 2 x 1 items" in out.stdout
+    import joblib
+
+    assert joblib.load(tmp_path / "m.joblib").n_iter_ == 2

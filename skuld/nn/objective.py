@@ -37,7 +37,7 @@ class ObjectiveConfig:
 
 
 def ld_objective(
-    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig
+    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig, forward=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch.
 
@@ -52,6 +52,9 @@ def ld_objective(
         "pd": patch discrimination + mixup (warm-up); "ld": adds region discrimination,
         entropy and the optional area prior.
     cfg : ObjectiveConfig
+    forward : callable, optional
+        ``forward(x, n_cluster) -> (z, a)`` to use instead of the model's own methods (the
+        DistributedDataParallel wrapper in multi-process training).
 
     Returns
     -------
@@ -61,13 +64,17 @@ def ld_objective(
     """
     b = views.n_items
     n_pair = 4 * b  # two views of two images per item; the rest are mixup images
-    trunk = model.trunk(x)
-    z = model.embed(trunk)
-    # The clustering head only runs on the non-mixup images: their region features are the
-    # only ones any loss uses.
-    a = model.cluster(trunk[:n_pair]) if stage == "ld" else None
     if stage not in ("pd", "ld"):
         raise ValueError(f"stage must be 'pd' or 'ld', got {stage!r}")
+    # The clustering head only runs on the non-mixup images: their region features are the
+    # only ones any loss uses.
+    n_cluster = n_pair if stage == "ld" else None
+    if forward is not None:
+        z, a = forward(x, n_cluster)
+    else:
+        trunk = model.trunk(x)
+        z = model.embed(trunk)
+        a = model.cluster(trunk[:n_cluster]) if n_cluster is not None else None
     # The heads' outputs are float32; keep autocast from casting the losses' matrix
     # products back to half precision.
     with torch.autocast(x.device.type, enabled=False):
