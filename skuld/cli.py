@@ -60,10 +60,30 @@ def _cmd_embed(args) -> int:
     dtype = np.float16 if args.float16 else np.float32
     for i, path in enumerate(paths):
         stem = os.path.splitext(os.path.basename(path))[0]
-        E = enc.transform([path])[0].astype(dtype, copy=False)
         target = os.path.join(args.out, f"{stem}.npy")
+        if os.path.exists(target) and not args.overwrite:
+            continue  # written by an earlier, interrupted run: files are written atomically
+        E = enc.transform([path])[0].astype(dtype, copy=False)
         atomic_write(target, lambda tmp: np.save(open(tmp, "wb"), E))
         print(f"[{i + 1}/{len(paths)}] {path} -> {target} {E.shape} {E.dtype}", flush=True)
+    return 0
+
+
+def _cmd_index(args) -> int:
+    import joblib
+
+    from .index import PixelIndex
+    from .io import expand_paths
+
+    enc = joblib.load(args.model)
+    paths = [p for spec in args.images for p in expand_paths(spec)]
+    index = PixelIndex(index=args.index, stride=args.stride, random_state=0, verbose=1)
+    index.fit(paths, encoder=enc)
+    index.save(args.out)
+    with open(os.path.join(args.out, "images.txt"), "w") as f:
+        f.write("\n".join(paths) + "\n")
+    print(f"wrote {os.path.abspath(args.out)}: {index.n_vectors_:,} vectors of {len(paths)} images, "
+          f"{index.factory_}, {index.bytes_per_vector:.1f} bytes/vector (image numbers: line numbers of images.txt)")
     return 0
 
 
@@ -96,7 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", help="image files, directories or glob patterns")
     embed.add_argument("--out", required=True, help="output folder, one <name>.npy per image")
     embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")
+    embed.add_argument("--overwrite", action="store_true",
+                       help="recompute images whose .npy exists (by default they are skipped, so a rerun resumes)")
     embed.set_defaults(func=_cmd_embed)
+
+    index = sub.add_parser("index", help="build a PixelIndex of images' pixels (embedded one image at a time)")
+    index.add_argument("model", help="a model saved by 'skuld fit'")
+    index.add_argument("images", nargs="+", help="image files, directories or glob patterns")
+    index.add_argument("--out", required=True, help="output folder of the index")
+    index.add_argument("--stride", type=int, default=1, help="index every stride-th row and column")
+    index.add_argument("--index", default="auto", help="FAISS factory string, or auto")
+    index.set_defaults(func=_cmd_index)
     return parser
 
 

@@ -14,6 +14,8 @@ import json
 import math
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -112,6 +114,8 @@ class PixelIndex(BaseEstimator):
         Vectors added to FAISS per block.
     random_state : int or None, default=None
         Seeds the training sample and FAISS's k-means.
+    verbose : int, default=0
+        Print progress (images added, vectors, rate) to stderr when > 0.
 
     Attributes
     ----------
@@ -132,10 +136,11 @@ class PixelIndex(BaseEstimator):
         "train_size": [Interval(Integral, 1, None, closed="left"), None],
         "block_size": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
+        "verbose": ["verbose"],
     }
 
     def __init__(self, index="auto", metric="cosine", stride=1, nprobe=8, ef_search=64, train_size=None,
-                 block_size=1_048_576, random_state=None):
+                 block_size=1_048_576, random_state=None, verbose=0):
         self.index = index
         self.metric = metric
         self.stride = stride
@@ -144,6 +149,7 @@ class PixelIndex(BaseEstimator):
         self.train_size = train_size
         self.block_size = block_size
         self.random_state = random_state
+        self.verbose = verbose
 
     # ------------------------------------------------------------------ building
     def _source(self, E, masks, encoder) -> "_Source":
@@ -250,7 +256,12 @@ class PixelIndex(BaseEstimator):
     def _add(self, src: "_Source") -> list[int]:
         new_ids = []
         pending, pending_n = [], 0
+        t0, last = time.perf_counter(), time.perf_counter()
         for i in range(len(src)):
+            if self.verbose and (time.perf_counter() - last > 10 or i == len(src) - 1):
+                last = time.perf_counter()
+                print(f"[skuld] indexing image {i + 1}/{len(src)}, {self._offsets[-1]:,} vectors, "
+                      f"{(i + 1) / (last - t0):.1f} images/s", file=sys.stderr, flush=True)
             vecs, entry = self._select(src.embeddings(i), src.mask(i))
             if vecs.shape[1] != self.dim_:
                 raise ValueError(f"image {i} has embeddings of dimension {vecs.shape[1]}, the index {self.dim_}")

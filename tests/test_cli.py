@@ -64,3 +64,21 @@ def test_render_helpers():
     assert not np.allclose(cm[0, 0], cm[-1, -1])
     joined = side_by_side([heatmap_overlay(img, img), heatmap_overlay(img[:4], img[:4])])
     assert joined.shape == (8, 8 + 4 + 8, 3)
+
+
+def test_embed_resumes_and_index_builds(image_dir, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    main(["fit", str(image_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32", "--image-size", "48",
+          "--batch-size", "1", "--random-state", "0"])
+    out = tmp_path / "emb"
+    out.mkdir()
+    (out / "scan0.npy").write_bytes(b"from an earlier run")
+    assert main(["embed", str(model), str(image_dir), "--out", str(out)]) == 0
+    assert (out / "scan0.npy").read_bytes() == b"from an earlier run"  # skipped: resumed
+    assert np.load(out / "scan2.npy").shape == (48, 48, 32)
+    assert main(["index", str(model), str(image_dir), "--out", str(tmp_path / "idx"), "--stride", "2"]) == 0
+    from skuld import PixelIndex
+
+    idx = PixelIndex.load(tmp_path / "idx")
+    assert idx.n_vectors_ == 3 * 24 * 24 and idx.n_images_ == 3
+    assert (tmp_path / "idx" / "images.txt").read_text().count("\n") == 3
