@@ -217,8 +217,17 @@ class ImageCollection:
         return convert_channels(img if not is_gray_rgb(img) else img[:, :, :1], self.n_channels)
 
     def shape(self, i: int) -> tuple[int, int]:
-        """(H, W) of image i (reads the file for file collections)."""
-        return tuple(self[i].shape[:2])
+        """(H, W) of image i; for files, from the header when Pillow can read it (no decoding)."""
+        if self._arrays[i] is not None:
+            return tuple(self._arrays[i].shape[:2])
+        try:
+            from PIL import Image
+
+            with Image.open(self._paths[i]) as im:
+                width, height = im.size
+            return int(height), int(width)
+        except Exception:  # not a format Pillow knows (DICOM, ...): decode it
+            return tuple(self[i].shape[:2])
 
     @property
     def paths(self) -> list[str | None]:

@@ -92,3 +92,10 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
     atomic_write(target, lambda tmp: open(tmp, "w").write("new"))
     assert target.read_text() == "new"
+
+
+def test_shape_of_files_comes_from_the_header(tmp_path):
+    iio.imwrite(tmp_path / "a.png", np.zeros((13, 21), np.uint8))
+    col = ImageCollection([str(tmp_path / "a.png")])
+    assert col.shape(0) == (13, 21) == col[0].shape[:2]
+    assert ImageCollection(np.zeros((2, 9, 11))).shape(1) == (9, 11)
