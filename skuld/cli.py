@@ -56,16 +56,68 @@ def _cmd_embed(args) -> int:
 
     enc = joblib.load(args.model)
     paths = [p for spec in args.images for p in expand_paths(spec)]
-    os.makedirs(args.out, exist_ok=True)
     dtype = np.float16 if args.float16 else np.float32
+    if args.stack:
+        return _embed_stacked(enc, paths, args.stack, dtype, args.overwrite)
+    if not args.out:
+        raise ValueError("give --out (one .npy per image) or --stack (one memory-mapped array)")
+    os.makedirs(args.out, exist_ok=True)
     for i, path in enumerate(paths):
         stem = os.path.splitext(os.path.basename(path))[0]
         target = os.path.join(args.out, f"{stem}.npy")
         if os.path.exists(target) and not args.overwrite:
             continue  # written by an earlier, interrupted run: files are written atomically
         E = enc.transform([path])[0].astype(dtype, copy=False)
-        atomic_write(target, lambda tmp: np.save(open(tmp, "wb"), E))
+        atomic_write(target, lambda tmp: _save_npy(tmp, E))
         print(f"[{i + 1}/{len(paths)}] {path} -> {target} {E.shape} {E.dtype}", flush=True)
+    return 0
+
+
+def _write_text(path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _save_npy(path, array) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a name
+        np.save(f, array)
+
+
+def _embed_stacked(enc, paths, target, dtype, overwrite) -> int:
+    """All embeddings in one (n, H, W, D) .npy written through a memory map, so memory holds
+    one image at a time; a progress file lets a rerun resume, the final name appears last."""
+    import numpy as np
+
+    from .io import ImageCollection, atomic_write
+
+    images = ImageCollection(paths, n_channels=enc.n_channels_in_)
+    shapes = {images.shape(i) for i in range(len(paths))}
+    if len(shapes) != 1:
+        raise ValueError(f"--stack needs images of one size; found {len(shapes)} sizes, e.g. {sorted(shapes)[:3]}")
+    (h, w), d = shapes.pop(), enc.model_.embedding_dim
+    shape = (len(paths), h, w, d)
+    partial, progress = f"{target}.partial.npy", f"{target}.progress"
+    start = 0
+    if not overwrite and os.path.exists(partial) and os.path.exists(progress):
+        mm = np.lib.format.open_memmap(partial, mode="r+")
+        if mm.shape != shape or mm.dtype != dtype:
+            raise ValueError(f"{partial} holds {mm.shape} {mm.dtype}, not {shape} {np.dtype(dtype)}: remove it or use --overwrite")
+        start = int(open(progress).read())
+    else:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+    for i in range(start, len(paths)):
+        mm[i] = enc.transform([paths[i]])[0]
+        mm.flush()  # the image is on disk before the progress file counts it
+        atomic_write(progress, lambda tmp, n=i + 1: _write_text(tmp, str(n)))
+        print(f"[{i + 1}/{len(paths)}] embedded into {partial}", flush=True)
+    del mm
+    os.replace(partial, target)
+    os.remove(progress)
+    atomic_write(f"{target}.paths.txt", lambda tmp: _write_text(tmp, "\n".join(paths) + "\n"))
+    print(f"wrote {os.path.abspath(target)} {shape} {np.dtype(dtype)} (image order: {target}.paths.txt)")
     return 0
 
 
@@ -114,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help="write per-pixel embeddings (H, W, D) of images as .npy files")
     embed.add_argument("model", help="a model saved by 'skuld fit'")
     embed.add_argument("images", nargs="+", help="image files, directories or glob patterns")
-    embed.add_argument("--out", required=True, help="output folder, one <name>.npy per image")
+    embed.add_argument("--out", help="output folder, one <name>.npy per image")
+    embed.add_argument("--stack", help="instead: one (n, H, W, D) .npy for images of one size, written through a "
+                                       "memory map (bounded memory, resumable)")
     embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")
     embed.add_argument("--overwrite", action="store_true",
                        help="recompute images whose .npy exists (by default they are skipped, so a rerun resumes)")

@@ -82,3 +82,36 @@ def test_embed_resumes_and_index_builds(image_dir, tmp_path, capsys):
     idx = PixelIndex.load(tmp_path / "idx")
     assert idx.n_vectors_ == 3 * 24 * 24 and idx.n_images_ == 3
     assert (tmp_path / "idx" / "images.txt").read_text().count("\n") == 3
+
+
+def test_embed_stack_is_memory_mapped_and_resumes_after_an_interruption(image_dir, tmp_path, monkeypatch):
+    from skuld import LocalDiscriminativeEncoder
+
+    model = tmp_path / "model.joblib"
+    main(["fit", str(image_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32", "--image-size", "48",
+          "--batch-size", "1", "--random-state", "0"])
+    straight = tmp_path / "straight.npy"
+    assert main(["embed", str(model), str(image_dir), "--stack", str(straight)]) == 0
+    E = np.load(straight, mmap_mode="r")
+    assert E.shape == (3, 48, 48, 32) and E.dtype == np.float32
+
+    calls = {"n": 0}
+    original = LocalDiscriminativeEncoder.transform
+
+    def flaky(self, X):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, X)
+
+    monkeypatch.setattr(LocalDiscriminativeEncoder, "transform", flaky)
+    target = tmp_path / "resumed.npy"
+    # Interrupted while embedding image 2: image 1 is on disk and counted.
+    assert main(["embed", str(model), str(image_dir), "--stack", str(target)]) == 130
+    assert not target.exists() and (tmp_path / "resumed.npy.progress").read_text() == "1"
+    calls["n"] = 10  # no more interruptions; count the rerun's images
+    assert main(["embed", str(model), str(image_dir), "--stack", str(target)]) == 0
+    assert calls["n"] == 12  # only images 2 and 3 were embedded again
+    np.testing.assert_array_equal(np.load(target), np.asarray(E))
+    assert not (tmp_path / "resumed.npy.progress").exists()
+    assert (tmp_path / "resumed.npy.paths.txt").read_text().count("\n") == 3
