@@ -386,8 +386,8 @@ class PixelIndex(BaseEstimator):
         pixels = np.atleast_2d(np.asarray(pixels, dtype=np.int64))
         ids = self.ids_of(pixels)
         ivf = _ivf(self.index_)
-        if ivf is not None:
-            ivf.make_direct_map()
+        if ivf is not None and ivf.direct_map.no():
+            ivf.make_direct_map()  # once: it is a pass over every stored vector
         Q = np.stack([self.index_.reconstruct(int(i)) for i in ids])
         return self.kneighbors(Q, k)
 

@@ -1,7 +1,6 @@
 """Two CPU processes (gloo) on halves of a batch must train exactly like one process on all of it."""
 
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
