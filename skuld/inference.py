@@ -24,7 +24,7 @@ def check_min_size(height: int, width: int, name: str = "image") -> None:
         raise ValueError(f"{name} is {height} x {width} pixels; skuld needs images of at least {MIN_SIZE} x {MIN_SIZE}")
 
 
-def _pad_to_multiple(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+def pad_to_multiple(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     h, w = x.shape[-2:]
     ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
     if ph or pw:
@@ -35,7 +35,7 @@ def _pad_to_multiple(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 def _forward(model: LDNet, x: torch.Tensor, heads: tuple[str, ...], channels_last: bool) -> torch.Tensor:
     """Network outputs (sum of head channels, h, w) for one normalised (1, C, h, w) image."""
-    x, h, w = _pad_to_multiple(x)
+    x, h, w = pad_to_multiple(x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     trunk = model.trunk(x)
