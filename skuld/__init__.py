@@ -5,6 +5,7 @@ Implements "Unsupervised Local Discrimination for Medical Images" (Chen et al., 
 
 from .encoder import LocalDiscriminativeEncoder
 from .index import PixelIndex
+from .locator import OneShotLandmarkLocator
 
 __version__ = "0.1.0"
-__all__ = ["LocalDiscriminativeEncoder", "PixelIndex", "__version__"]
+__all__ = ["LocalDiscriminativeEncoder", "OneShotLandmarkLocator", "PixelIndex", "__version__"]

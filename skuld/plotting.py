@@ -144,6 +144,29 @@ def plot_landmarks(image: np.ndarray, predicted: np.ndarray, true: np.ndarray | 
     return ax
 
 
+def plot_landmark_similarity(image: np.ndarray, similarity: np.ndarray, landmark: int, predicted=None, ax=None,
+                             alpha: float = 0.6, cmap: str = "viridis", colorbar: bool = True):
+    """One landmark's similarity map over the image; returns the Axes.
+
+    ``similarity``: the ``(L, h, w)`` maps of one image from
+    ``OneShotLandmarkLocator.predict(X, return_similarity=True)``, at the working resolution;
+    they are stretched over the image's full extent (pixel edges aligned, the convention of
+    :func:`skuld.matching.rescale_points`). ``predicted``: the ``(L, 2)`` (x, y) landmarks
+    of this image, to mark landmark ``landmark`` (0-based).
+    """
+    ax = _axes(ax)
+    _show_image(ax, image)
+    h, w = np.asarray(image).shape[:2]
+    im = ax.imshow(np.asarray(similarity)[landmark], cmap=cmap, alpha=alpha, extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    if predicted is not None:
+        x, y = np.asarray(predicted, dtype=float)[landmark]
+        ax.plot(x, y, "x", color="red", ms=10, mew=2)
+    ax.set_title(f"landmark {landmark + 1}")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    return ax
+
+
 def plot_retrieval(images, locations: np.ndarray, query_image=None, query_pixel=None, size: int = 96, n_cols: int = 5):
     """Thumbnails around the retrieved pixels, each hit marked; returns the Figure.
 

@@ -36,6 +36,8 @@ def test_every_plot_returns_its_axes_or_figure(emb):
     assert len(ax.images) == 2 and ax.lines
     ax = plotting.plot_landmarks(img, np.array([[5, 5], [10, 12]]), np.array([[6, 5], [12, 10]]), radius=3)
     assert len(ax.patches) == 2
+    ax = plotting.plot_landmark_similarity(img, np.random.default_rng(0).random((2, 10, 15)), 1, np.array([[5, 5], [9, 4]]))
+    assert ax.images[1].get_extent() == [-0.5, 29.5, 19.5, -0.5] and ax.get_title() == "landmark 2"
     fig = plotting.plot_retrieval([img, img], np.array([[0, 5, 5], [1, 10, 20], [-1, -1, -1]]), img, (2, 2), size=8)
     assert sum(bool(a.images) for a in fig.axes) == 3
     history = [{"step": i, "stage": "pd" if i < 5 else "ld", "loss": 10 - i * 0.1, "patch": 5.0,

@@ -1,0 +1,202 @@
+"""OneShotLandmarkLocator on synthetic phantoms with known landmarks."""
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+
+from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator
+from skuld.data import resize, to_tensor
+from skuld.matching import apply_transform, rescale_points
+
+from .helpers import TINY
+
+#: Landmarks of the phantom (x, y) in its own frame: centres of some of its blobs.
+N_BLOBS = 40
+
+
+def _blob_field(seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform([8, 8], [152, 120], (N_BLOBS, 2))
+    sizes = rng.uniform(2.0, 7.0, N_BLOBS)
+    amps = rng.uniform(-1, 1, N_BLOBS)
+    return centres, sizes, amps
+
+
+def phantom(transform=None, shape=(128, 160), seed=0, noise=0.02, channels=None):
+    """A smooth random image and its landmarks seen through ``transform`` (A, t) (x, y)."""
+    centres, sizes, amps = _blob_field(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    pix = np.stack([xx.ravel(), yy.ravel()], 1)
+    if transform is not None:
+        a, t = transform
+        pix = (pix - t) @ np.linalg.inv(a).T  # back to the phantom's own frame
+    img = np.zeros(len(pix))
+    for c, s, a_ in zip(centres, sizes, amps):
+        img += a_ * np.exp(-((pix - c) ** 2).sum(1) / (2 * s * s))
+    img = img.reshape(h, w)
+    img = (img - img.min()) / (img.max() - img.min())
+    img = (img * 0.9 + noise * np.random.default_rng(seed + 1).standard_normal((h, w))).clip(0, 1).astype(np.float32)
+    marks = centres[np.argsort(-sizes)[:6]]
+    if transform is not None:
+        marks = apply_transform(marks, transform)
+    if channels == 3:
+        img = np.stack([img, img**1.3, 1 - img], -1)
+    return img, marks
+
+
+def rotation(deg, scale=1.0, shift=(0, 0)):
+    r = np.deg2rad(deg)
+    return scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]]), np.asarray(shift, float)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    imgs = np.stack([phantom(rotation(d, 1, (d, -d)), seed=0)[0] for d in (0, 3, -3, 5)])
+    return LocalDiscriminativeEncoder(**{**TINY, "rotation": 0, "rot90": False}).fit(imgs)
+
+
+def locator(encoder, **kw):
+    return OneShotLandmarkLocator(**{"encoder": encoder, "refine_patch": 15, "refine_radius": 6, **kw})
+
+
+def test_finds_landmarks_of_moved_phantoms(encoder):
+    template, marks = phantom()
+    loc = locator(encoder).fit(template, marks)
+    moves = [rotation(0, 1, (6, -4)), rotation(4, 1.03, (-5, 3)), rotation(-3, 0.97, (3, 5))]
+    queries = [phantom(m) for m in moves]
+    pred = loc.predict(np.stack([q[0] for q in queries]))
+    true = np.stack([q[1] for q in queries])
+    assert pred.shape == (3, 6, 2) and pred.dtype == np.float64
+    err = np.linalg.norm(pred - true, axis=-1)
+    assert np.median(err) < 1.5 and err.max() < 4, err
+    assert loc.score(np.stack([q[0] for q in queries]), true) > -2
+
+
+def test_the_template_finds_itself(encoder):
+    template, marks = phantom()
+    loc = locator(encoder).fit(template, marks)
+    pred, conf = loc.predict_confidence(template[None])
+    np.testing.assert_allclose(pred[0], marks, atol=0.3)
+    assert conf.shape == (1, 6) and (conf > 0.95).all()
+
+
+def test_coordinates_round_trip_through_resizing(encoder):
+    """A query that is the template at another size gets the template's points rescaled."""
+    template, marks = phantom()
+    loc = locator(encoder).fit(template, marks)
+    for shape in [(192, 240), (100, 125), (128, 200)]:
+        big = resize(to_tensor(template[..., None]), shape)[0].numpy()
+        pred = loc.predict([big])
+        expected = rescale_points(marks, template.shape, shape)
+        tolerance = 0.05 * max(shape) / 128 * 4  # a few tenths of a pixel, scaled with anisotropy
+        assert np.abs(pred[0] - expected).max() < max(1.0, tolerance), (shape, np.abs(pred[0] - expected).max())
+
+
+def test_rgb_and_several_templates(encoder):
+    t1, m1 = phantom(channels=3)
+    t2, m2 = phantom(rotation(2, 1, (3, 2)), channels=3)
+    enc = LocalDiscriminativeEncoder(**{**TINY, "rotation": 0, "rot90": False}).fit(np.stack([t1, t2]))
+    loc = locator(enc).fit([t1, t2], [m1, m2])
+    assert loc.n_templates_ == 2
+    q, mq = phantom(rotation(-2, 1.02, (-4, 4)), channels=3)
+    err = np.linalg.norm(loc.predict(q[None])[0] - mq, axis=-1)
+    assert np.median(err) < 1.5 and err.max() < 4, err
+
+
+def test_similarity_maps_for_plotting(encoder):
+    template, marks = phantom()
+    loc = locator(encoder).fit(template, marks)
+    pred, maps = loc.predict(template[None], return_similarity=True)
+    h, w = encoder.image_size_, round(160 * encoder.image_size_ / 128)
+    assert len(maps) == 1 and maps[0].shape == (6, h, w) and maps[0].dtype == np.float32
+    assert maps[0].max() <= 1 + 1e-5
+
+
+def test_nan_landmarks_are_ignored_with_a_warning(encoder):
+    template, marks = phantom()
+    marks = marks.copy()
+    marks[2] = np.nan
+    with pytest.warns(UserWarning, match=r"landmarks \[2\] are NaN"):
+        loc = locator(encoder).fit(template, marks)
+    q, mq = phantom(rotation(0, 1, (4, 4)))
+    pred = loc.predict(q[None])[0]
+    assert np.isfinite(pred).all()
+    keep = [0, 1, 3, 4, 5]
+    assert np.linalg.norm(pred[keep] - mq[keep], axis=-1).max() < 4
+
+
+def test_bad_input_gets_named_errors(encoder):
+    template, marks = phantom()
+    with pytest.raises(ValueError, match=r"\(L, 2\)"):
+        locator(encoder).fit(template, marks[:, :1])
+    with pytest.raises(ValueError, match="every landmark .* is NaN"):
+        locator(encoder).fit(template, np.full((3, 2), np.nan))
+    with pytest.raises(ValueError, match="outside the 128 x 160 image"):
+        locator(encoder).fit(template, [[10, 10], [170, 20]])
+    with pytest.raises(ValueError, match="2 template images but 1 landmark"):
+        locator(encoder).fit([template, template], [marks])
+    with pytest.raises(ValueError, match="same number of landmarks"):
+        locator(encoder).fit([template, template], [marks, marks[:3]])
+    with pytest.raises(ValueError, match="at least 32 x 32"):
+        locator(encoder).fit(template[:20, :20], [[5, 5]])
+    with pytest.raises(ValueError, match="refine_scales"):
+        locator(encoder, refine_scales=(1, -2)).fit(template, marks)
+    with pytest.raises(ValueError, match="1-channel images but the template has 3"):
+        locator(encoder).fit(np.stack([template] * 3, -1), marks)
+    with pytest.raises(ValueError, match="one int per refine_scales level"):
+        locator(encoder, refine_patch=(15, 15)).fit(template, marks)
+    with pytest.raises(NotFittedError):
+        locator(encoder).predict(template[None])
+    loc = locator(encoder).fit(template, marks)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bad = template.copy()
+        bad[3, 3] = np.nan
+        loc.predict(bad[None])
+    with pytest.raises(ValueError, match="channel"):
+        loc.predict(np.stack([template] * 3, -1)[None])
+
+
+def test_clone_pickle_and_saved_encoder(encoder, tmp_path):
+    template, marks = phantom()
+    loc = locator(encoder).fit(template, marks)
+    params = clone(loc).get_params()
+    assert params["refine_patch"] == 15
+    # clone() clones the encoder (scikit-learn's rule); FrozenEstimator keeps a fitted one.
+    assert not hasattr(params["encoder"], "model_")
+    frozen = clone(locator(FrozenEstimator(encoder)))
+    assert frozen.get_params()["encoder"].estimator is encoder
+    np.testing.assert_allclose(frozen.fit(template, marks).predict(template[None])[0], marks, atol=0.3)
+    path = tmp_path / "loc.joblib"
+    joblib.dump(loc, path)
+    again = joblib.load(path)
+    q = phantom(rotation(0, 1, (5, 0)))[0][None]
+    np.testing.assert_allclose(again.predict(q), loc.predict(q), atol=1e-5)
+    enc_path = tmp_path / "enc.joblib"
+    joblib.dump(encoder, enc_path)
+    from_file = locator(str(enc_path)).fit(template, marks)
+    np.testing.assert_allclose(from_file.predict(q), loc.predict(q), atol=1e-5)
+
+
+def test_an_unfitted_encoder_is_fitted_as_a_copy():
+    template, marks = phantom()
+    recipe = LocalDiscriminativeEncoder(**{**TINY, "rotation": 0, "rot90": False})
+    loc = locator(recipe).fit(template, marks, X_unlabeled=np.stack([phantom(rotation(2, 1, (2, 2)))[0]] * 2))
+    assert not hasattr(recipe, "model_") and loc.encoder_.n_iter_ == TINY["max_iter"]
+
+
+def test_fit_pretrains_an_encoder_and_picks_pseudo_templates():
+    template, marks = phantom()
+    pool = np.stack([phantom(rotation(d, 1, (d, 2)))[0] for d in (-3, 2, 4)])
+    params = {k: v for k, v in TINY.items() if k != "random_state"}
+    loc = OneShotLandmarkLocator(encoder_params=params, n_pseudo_templates=1, refine_patch=15, refine_radius=6,
+                                 random_state=0).fit(template, marks, X_unlabeled=pool)
+    assert loc.encoder_.n_iter_ == TINY["max_iter"] and loc.encoder_.rot90 is False
+    assert len(loc.templates_) == 2 and loc.n_templates_ == 1
+    assert loc.fit_time_ > 0
+    q, mq = phantom(rotation(1, 1, (-3, 3)))
+    err = np.linalg.norm(loc.predict(q[None])[0] - mq, axis=-1)
+    assert np.median(err) < 2, err
