@@ -53,6 +53,9 @@ def _worker(r, world, init_file, out_file):
         if r == 0:
             torch.save({"parts": {**parts, "entropy": entropy / world}, "grads": grads, "stats": stats}, out_file)
     finally:
+        # Both ranks leave together: tearing gloo down while the peer still talks to it
+        # can abort the process ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -92,6 +95,9 @@ def _fit_worker(r, world, init_file, ckpt_dir, out_file):
         if r == 0:
             torch.save({"same": bool(torch.equal(both[0], both[1])), "plain": plain, "n_iter": enc.n_iter_}, out_file)
     finally:
+        # Both ranks leave together: tearing gloo down while the peer still talks to it
+        # can abort the process ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
