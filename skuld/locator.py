@@ -449,6 +449,10 @@ class OneShotLandmarkLocator(BaseEstimator):
         if self.shape_tolerance is not None:
             pts, confidence = self._enforce_shape(view, pts, confidence, templates, sims)
         out = matching.rescale_points(pts, view.work_shape, view.shape)
+        # A landmark is a point of the image: a shape transform may put it outside, the
+        # answer stays inside (pixel centres from 0 to W - 1 and H - 1).
+        out[:, 0] = out[:, 0].clip(0, view.shape[1] - 1)
+        out[:, 1] = out[:, 1].clip(0, view.shape[0] - 1)
         return out, np.clip(confidence, 0, 1), (sims.cpu().numpy() if return_similarity else None)
 
     def _per_level(self, value, name: str) -> list[int]:
@@ -554,7 +558,8 @@ class OneShotLandmarkLocator(BaseEstimator):
         Returns
         -------
         landmarks : float64 array of shape (n, L, 2)
-            ``(x, y)`` pixel coordinates in each input image's own resolution.
+            ``(x, y)`` pixel coordinates in each input image's own resolution, within the
+            image (``0 <= x <= W - 1``, ``0 <= y <= H - 1``).
         similarity : list of n float32 arrays of shape (L, h_i, w_i), only if ``return_similarity``
             Mean cosine similarity of every pixel to each template landmark at the working
             resolution ``(h_i, w_i)`` (shorter side ``encoder_.image_size_``); a working pixel

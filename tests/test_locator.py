@@ -71,6 +71,7 @@ def test_finds_landmarks_of_moved_phantoms(encoder):
     pred = loc.predict(np.stack([q[0] for q in queries]))
     true = np.stack([q[1] for q in queries])
     assert pred.shape == (3, 6, 2) and pred.dtype == np.float64
+    assert (pred >= 0).all() and (pred[..., 0] <= 159).all() and (pred[..., 1] <= 127).all()
     err = np.linalg.norm(pred - true, axis=-1)
     assert np.median(err) < 1.5 and err.max() < 4, err
     assert loc.score(np.stack([q[0] for q in queries]), true) > -2
@@ -179,6 +180,17 @@ def test_clone_pickle_and_saved_encoder(encoder, tmp_path):
     joblib.dump(encoder, enc_path)
     from_file = locator(str(enc_path)).fit(template, marks)
     np.testing.assert_allclose(from_file.predict(q), loc.predict(q), atol=1e-5)
+
+
+def test_predictions_stay_inside_the_image(encoder):
+    """A template whose landmarks sit at the border, a query shifted so far that the shape
+    transform puts them outside: the answers are still pixels of the query."""
+    template, _ = phantom()
+    marks = np.array([[0.0, 0.0], [159.0, 0.0], [0.0, 127.0], [159.0, 127.0], [80.0, 64.0]])
+    loc = locator(encoder).fit(template, marks)
+    q = phantom(rotation(0, 1.1, (20, 15)))[0]
+    pred = loc.predict(q[None])[0]
+    assert (pred >= 0).all() and (pred[:, 0] <= 159).all() and (pred[:, 1] <= 127).all()
 
 
 def test_an_unfitted_encoder_is_fitted_as_a_copy():
