@@ -75,8 +75,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     else:
         raise ImageReadError(f"cannot read image {path}: {errors[-1]}")
     img = np.asarray(img)
-    if img.ndim == 3 and img.shape[0] > 1 and img.shape[-1] not in (1, 2, 3, 4):
-        img = img[0]  # multi-frame file (animated GIF, TIFF stack): first frame
+    if img.ndim == 3 and img.shape[-1] not in (1, 2, 3, 4):
+        img = img[0]  # multi-frame file (GIF, even with one frame; TIFF stack): first frame
     if img.ndim == 4:
         img = img[0]
     return img

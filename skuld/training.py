@@ -300,9 +300,11 @@ def run_steps(
     # Training crops all have one size: let cuDNN pick its fastest kernels once.
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = dev.type == "cuda" or cudnn_benchmark
+    buffers, step = None, state.step
     try:
         for pairs in loader:
             step = state.step
+            buffers = {k: v.clone() for k, v in model.named_buffers()}  # batch-norm statistics: small
             if on_step_begin is not None:
                 on_step_begin(step)
             stage, lr = state.schedule.stage(step), state.schedule.lr(step)
@@ -337,6 +339,12 @@ def run_steps(
                 if on_step_end(step, last_losses):
                     break
     except BaseException:
+        if buffers is not None and step == state.step:
+            # The failed step's forward already moved the batch-norm statistics: undo that, so
+            # the checkpoint is exactly the last completed step.
+            with torch.no_grad():
+                for k, v in model.named_buffers():
+                    v.copy_(buffers[k])
         reporter.pending = [p for p in reporter.pending if p[0] < state.step]
         reporter.flush()
         if is_main and cfg.checkpoint_path and state.step > 0:

@@ -265,3 +265,26 @@ def test_a_too_small_image_file_is_named_during_training(tmp_path, gray):
     iio.imwrite(tmp_path / "tiny.png", np.zeros((12, 40), np.uint8))
     with pytest.raises(ValueError, match=r"tiny.png is 12 x 40 pixels"):
         tiny(max_iter=8).fit(str(tmp_path))
+
+
+def test_interruption_inside_a_step_keeps_the_last_completed_step(gray, tmp_path, monkeypatch):
+    """Ctrl-C after a step's forward pass (which moved the batch-norm statistics) but before its
+    update: the checkpoint must still be exactly the previous step."""
+    import skuld.training as training
+
+    straight = tiny(max_iter=5).fit(gray)
+    real, calls = training.ld_objective, []
+
+    def interrupted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(training, "ld_objective", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny(max_iter=5, checkpoint_dir=str(tmp_path), checkpoint_every=100).fit(gray)
+    monkeypatch.setattr(training, "ld_objective", real)
+    resumed = tiny(max_iter=5, checkpoint_dir=str(tmp_path)).fit(gray)
+    np.testing.assert_array_equal(resumed.transform(gray[:1]), straight.transform(gray[:1]))

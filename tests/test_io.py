@@ -2,7 +2,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from skuld.io import ImageCollection, ImageReadError, atomic_write, expand_paths, to_float_image
+from skuld.io import ImageCollection, ImageReadError, atomic_write, expand_paths, read_image, to_float_image
 
 
 def test_integer_images_are_scaled_by_their_dtype():
@@ -99,3 +99,15 @@ def test_shape_of_files_comes_from_the_header(tmp_path):
     col = ImageCollection([str(tmp_path / "a.png")])
     assert col.shape(0) == (13, 21) == col[0].shape[:2]
     assert ImageCollection(np.zeros((2, 9, 11))).shape(1) == (9, 11)
+
+
+def test_single_frame_files_read_as_two_dimensional(tmp_path, monkeypatch):
+    """Pillow returns some one-frame GIFs (DRIVE's masks) as (1, H, W): that is an (H, W) image."""
+    path = tmp_path / "m.gif"
+    path.write_bytes(b"stand-in")
+    mask = np.zeros((1, 30, 20), np.uint8)
+    mask[0, 5:10, 3:8] = 255
+    monkeypatch.setattr(iio, "imread", lambda *a, **k: mask)
+    out = read_image(path)
+    assert out.shape == (30, 20)
+    np.testing.assert_array_equal(out, mask[0])
