@@ -6,6 +6,16 @@ Implements "Unsupervised Local Discrimination for Medical Images" (Chen et al., 
 from .encoder import LocalDiscriminativeEncoder
 from .index import PixelIndex
 from .locator import OneShotLandmarkLocator
+from .pixels import PixelClassifier, PixelSampler
+from .segmenter import TransferSegmenter
 
 __version__ = "0.1.0"
-__all__ = ["LocalDiscriminativeEncoder", "OneShotLandmarkLocator", "PixelIndex", "__version__"]
+__all__ = [
+    "LocalDiscriminativeEncoder",
+    "OneShotLandmarkLocator",
+    "PixelClassifier",
+    "PixelIndex",
+    "PixelSampler",
+    "TransferSegmenter",
+    "__version__",
+]

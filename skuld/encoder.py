@@ -677,3 +677,39 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
         for k, v in state.items():
             if isinstance(v, torch.Tensor) and k != "step":
                 state[k] = v.to(device)
+
+
+def resolve_encoder(spec, name: str = "encoder") -> LocalDiscriminativeEncoder | None:
+    """The encoder an estimator's ``encoder`` parameter stands for.
+
+    A fitted :class:`LocalDiscriminativeEncoder`, one wrapped in
+    ``sklearn.frozen.FrozenEstimator``, or the path of one saved with ``joblib.dump`` is
+    returned fitted, as it is. An unfitted one is a recipe: a clone is returned, for the
+    caller to fit (what scikit-learn meta-estimators do with their sub-estimators). None
+    stays None.
+    """
+    from sklearn.base import clone
+    from sklearn.frozen import FrozenEstimator
+
+    if spec is None:
+        return None
+    if isinstance(spec, FrozenEstimator):
+        enc = spec.estimator
+        if not isinstance(enc, LocalDiscriminativeEncoder):
+            raise TypeError(f"{name} wraps a {type(enc).__name__}, not a LocalDiscriminativeEncoder")
+        check_is_fitted(enc, "model_")
+        return enc
+    if isinstance(spec, (str, os.PathLike)):
+        import joblib
+
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"{name}: no saved encoder at {os.fspath(spec)}")
+        enc = joblib.load(spec)
+        if not isinstance(enc, LocalDiscriminativeEncoder):
+            raise TypeError(f"{spec} holds a {type(enc).__name__}, not a LocalDiscriminativeEncoder")
+        check_is_fitted(enc, "model_")
+        return enc
+    if not isinstance(spec, LocalDiscriminativeEncoder):
+        raise TypeError(f"{name} must be a LocalDiscriminativeEncoder, a FrozenEstimator of one, a path or None; "
+                        f"got {type(spec).__name__}")
+    return spec if hasattr(spec, "model_") else clone(spec)

@@ -7,6 +7,8 @@ resolution in blocks of rows written straight into the output array.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -43,17 +45,24 @@ def _forward(model: LDNet, x: torch.Tensor, heads: tuple[str, ...], channels_las
     return torch.cat(outs, dim=1)[0, :, :h, :w].float()
 
 
-def _tiled_forward(model, x, heads, channels_last, tile_size: int, margin: int) -> torch.Tensor:
+def tiled_forward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile_size: int,
+                  margin: int) -> torch.Tensor:
+    """``forward`` (one (1, C, h, w) image -> (K, h, w) maps) over ``x`` in overlapping tiles.
+
+    Images of up to ``tile_size**2`` pixels go through whole; larger ones in tiles of side
+    ``tile_size`` whose outer ``margin`` pixels are discarded, which bounds memory while
+    keeping every kept pixel's receptive field inside its tile.
+    """
     h, w = x.shape[-2:]
     if h * w <= tile_size * tile_size:
-        return _forward(model, x, heads, channels_last)
+        return forward(x)
     core = tile_size - 2 * margin
     out = None
     for y in range(0, h, core):
         for x0 in range(0, w, core):
             ys, xs = max(0, y - margin), max(0, x0 - margin)
             ye, xe = min(h, y + core + margin), min(w, x0 + core + margin)
-            tile = _forward(model, x[..., ys:ye, xs:xe], heads, channels_last)
+            tile = forward(x[..., ys:ye, xs:xe])
             if out is None:
                 out = torch.empty((tile.shape[0], h, w), device=tile.device)
             cy, cx = y - ys, x0 - xs
@@ -112,7 +121,7 @@ def infer_image(
     x = resize(to_tensor(img).to(device), (h, w))[None]
     x = normalize(x, mean, std)
     with autocast(device, amp_dtype):
-        maps = _tiled_forward(model, x, heads, channels_last, tile_size, tile_margin)
+        maps = tiled_forward(lambda t: _forward(model, t, heads, channels_last), x, tile_size, tile_margin)
     sizes = [model.embedding_dim if head == "embed" else model.n_clusters for head in heads]
     splits = torch.split(maps, sizes, dim=0)
     for head, m in zip(heads, splits):
@@ -123,3 +132,51 @@ def infer_image(
         for r0, block in _upsample_rows(m, (big_h, big_w), block_rows):
             block = F.normalize(block, dim=0) if head == "embed" else block / block.sum(0, keepdim=True)
             target[r0 : r0 + block.shape[1]] = block.permute(1, 2, 0).cpu().numpy()
+
+
+@torch.inference_mode()
+def segment_image(
+    net: torch.nn.Module,
+    img: np.ndarray,
+    *,
+    image_size: int | None,
+    mean,
+    std,
+    device: torch.device,
+    amp_dtype,
+    channels_last: bool,
+    out: np.ndarray,
+    tile_size: int = 1024,
+    tile_margin: int = 96,
+    block_rows: int = 256,
+    name: str = "image",
+) -> None:
+    """Write the class probabilities of one image into ``out``.
+
+    Parameters
+    ----------
+    net : module mapping ``(1, C, h, w)`` (h, w multiples of 16) to logits ``(1, K, h, w)``
+        For example :class:`skuld.nn.SegmentationUNet`.
+    img : float32 array (H, W, C) in [0, 1]
+    out : float32 array of shape (H, W, K), filled in place with the softmax of the
+        logits computed at the working resolution and resampled bilinearly to (H, W)
+        (a convex combination, so each pixel's K values still sum to 1).
+    """
+    big_h, big_w = img.shape[:2]
+    check_min_size(big_h, big_w, name)
+    h, w = working_shape(big_h, big_w, image_size)
+    x = normalize(resize(to_tensor(img).to(device), (h, w))[None], mean, std)
+
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        t, th, tw = pad_to_multiple(t)
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return torch.softmax(net(t)[0, :, :th, :tw].float(), dim=0)
+
+    with autocast(device, amp_dtype):
+        probs = tiled_forward(forward, x, tile_size, tile_margin)
+    if (h, w) == (big_h, big_w):
+        out[...] = probs.permute(1, 2, 0).cpu().numpy()
+        return
+    for r0, block in _upsample_rows(probs, (big_h, big_w), block_rows):
+        out[r0 : r0 + block.shape[1]] = block.permute(1, 2, 0).cpu().numpy()

@@ -10,15 +10,15 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from torch.nn import functional as F
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import BaseEstimator
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+from torch.nn import functional as F
 
 from . import matching
 from .data import resize, to_tensor, working_shape
-from .encoder import LocalDiscriminativeEncoder
+from .encoder import LocalDiscriminativeEncoder, resolve_encoder
 from .inference import check_min_size, pad_to_multiple
 from .io import ImageCollection
 from .metrics import mean_radial_error
@@ -220,25 +220,10 @@ class OneShotLandmarkLocator(BaseEstimator):
         return pts
 
     def _resolve_encoder(self, templates: ImageCollection, X_unlabeled) -> LocalDiscriminativeEncoder:
-        enc = self.encoder
-        if isinstance(enc, FrozenEstimator):
-            enc = enc.estimator
-            if not isinstance(enc, LocalDiscriminativeEncoder):
-                raise TypeError(f"encoder wraps a {type(enc).__name__}, not a LocalDiscriminativeEncoder")
-            check_is_fitted(enc, "model_")
-            return enc
-        if isinstance(enc, (str, os.PathLike)):
-            import joblib
-
-            enc = joblib.load(enc)
-            if not isinstance(enc, LocalDiscriminativeEncoder):
-                raise TypeError(f"{self.encoder} holds a {type(enc).__name__}, not a LocalDiscriminativeEncoder")
-            return enc
+        enc = resolve_encoder(self.encoder)
         if enc is not None and hasattr(enc, "model_"):
             return enc  # fitted: used as it is
-        if enc is not None:
-            enc = clone(enc)  # an unfitted encoder is a recipe: fit a copy, as scikit-learn meta-estimators do
-        else:
+        if enc is None:
             params = dict(ENCODER_DEFAULTS)
             params.update(self.encoder_params or {})
             params.setdefault("random_state", self.random_state)

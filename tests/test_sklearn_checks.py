@@ -10,7 +10,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skuld import LocalDiscriminativeEncoder
+from skuld import LocalDiscriminativeEncoder, PixelClassifier, PixelSampler, TransferSegmenter
 
 from .helpers import TINY, blobs
 
@@ -37,9 +37,69 @@ EXPECTED_FAILED = {
 EXPECTED_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_in_after_fitting": NO_FEATURES})
 
 
-@parametrize_with_checks([LocalDiscriminativeEncoder(**TINY)], expected_failed_checks=lambda est: EXPECTED_FAILED)
+MAPS = ("X must be per-pixel feature maps (n, H, W, D); the check fits on 2-D tabular data, which is "
+        "rejected with a ValueError. Tested on feature maps in tests/test_pixels.py")
+COMMON_TABULAR = [
+    "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
+    "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_positive_only_tag_during_fit",
+    "check_estimators_dtypes", "check_complex_data", "check_dtype_object", "check_estimators_empty_data_messages",
+    "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
+    "check_estimators_pickle(readonly_memmap=True)", "check_f_contiguous_array_estimator",
+    "check_methods_sample_order_invariance", "check_methods_subset_invariance", "check_fit2d_1sample",
+    "check_fit2d_1feature", "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
+    "check_fit2d_predict1d", "check_n_features_in", "check_n_features_in_after_fitting",
+]
+SEGMENTER_FAILED = {name: TABULAR for name in COMMON_TABULAR}
+SEGMENTER_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_in_after_fitting": NO_FEATURES})
+MAPS_FAILED = {name: MAPS for name in COMMON_TABULAR + [
+    "check_transformer_data_not_an_array", "check_transformer_general", "check_transformer_preserve_dtypes",
+    "check_transformer_general(readonly_memmap=True)"]}
+EXPECTED = {
+    LocalDiscriminativeEncoder: EXPECTED_FAILED, TransferSegmenter: SEGMENTER_FAILED,
+    PixelSampler: MAPS_FAILED, PixelClassifier: MAPS_FAILED,
+}
+
+
+@parametrize_with_checks(
+    [LocalDiscriminativeEncoder(**TINY), TransferSegmenter(max_iter=1, crop_size=32, width=0.25, random_state=0),
+     PixelSampler(random_state=0), PixelClassifier(random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED[type(est)],
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+# ---- TransferSegmenter: the same properties on images ----------------------------------------
+SEG = dict(max_iter=2, batch_size=2, crop_size=32, width=0.25, random_state=0)
+
+
+def test_segmenter_fit_is_idempotent_and_leaves_inputs_and_params_alone():
+    X = blobs(3, 40)
+    y = X > 0.5
+    X_copy, y_copy = X.copy(), y.copy()
+    est = TransferSegmenter(**SEG)
+    params = est.get_params()
+    a = est.fit(X, y).predict_proba(X)
+    assert est.get_params() == params
+    b = est.fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(X, X_copy)
+    np.testing.assert_array_equal(y, y_copy)
+    perm = [2, 0, 1]
+    np.testing.assert_allclose(est.predict_proba(X[perm]), a[perm], atol=1e-6)
+    np.testing.assert_allclose(est.predict_proba(X[1:2]), a[1:2], atol=1e-6)
+    state = {k: v.clone() for k, v in est.net_.state_dict().items()}
+    est.predict(X)
+    assert all(np.array_equal(state[k], v) for k, v in est.net_.state_dict().items())
+
+
+def test_segmenter_on_readonly_memmaps_and_other_dtypes(tmp_path):
+    X = blobs(2, 40)
+    np.save(tmp_path / "x.npy", (X * 255).astype(np.uint8))
+    np.save(tmp_path / "y.npy", X > 0.5)
+    mx, my = np.load(tmp_path / "x.npy", mmap_mode="r"), np.load(tmp_path / "y.npy", mmap_mode="r")
+    est = TransferSegmenter(**SEG).fit(mx, my)
+    assert est.predict(np.asfortranarray(X.astype(np.float64))).shape == (2, 40, 40)
 
 
 # ---- the same properties on image input ---------------------------------------------------

@@ -1,0 +1,181 @@
+"""TransferSegmenter: a U-Net trained on few labels, with or without a pretrained encoder."""
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+
+import skuld.segmenter as segmenter_module
+from skuld import LocalDiscriminativeEncoder, TransferSegmenter
+from skuld.nn import SegmentationUNet
+
+from .helpers import TINY, blobs
+
+#: A small, fast U-Net for tests.
+SMALL = dict(max_iter=40, batch_size=2, crop_size=32, image_size=None, width=0.25, learning_rate=3e-3,
+             rotation=0.0, random_state=0)
+
+
+def task(n=4, size=64, seed=0, channels=None):
+    """Images with bright blobs; the mask is where a blob is bright."""
+    X = blobs(n, size, channels=channels, seed=seed)
+    gray = X if X.ndim == 3 else X[..., 0]
+    return X, gray > 0.5
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return LocalDiscriminativeEncoder(**{**TINY, "image_size": None}).fit(blobs(4, 64, seed=5))
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = task()
+    return TransferSegmenter(**SMALL).fit(X, y)
+
+
+def test_learns_a_synthetic_structure(fitted):
+    X, y = task(seed=1)
+    pred = fitted.predict(X)
+    assert pred.shape == y.shape and pred.dtype == bool
+    assert fitted.score(X, y) > 0.8
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (*y.shape, 2) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(-1), 1, atol=1e-5)
+    assert fitted.loss_history_[-1]["loss"] < fitted.loss_history_[0]["loss"]
+    assert fitted.n_iter_ == SMALL["max_iter"] and not fitted.pretrained_
+
+
+def test_outputs_are_at_each_input_resolution():
+    X, y = task(n=2, size=96)
+    seg = TransferSegmenter(**{**SMALL, "max_iter": 2, "image_size": 48}).fit(X, y)
+    ragged = [X[0], X[1, :80, :64]]
+    out = seg.predict(ragged)
+    assert isinstance(out, list) and [o.shape for o in out] == [(96, 96), (80, 64)]
+
+
+def test_pretrained_encoder_weights_reach_the_unet(encoder):
+    unet = SegmentationUNet(2, encoder=encoder.export_encoder())
+    for (name, a), b in zip(unet.encoder.state_dict().items(), encoder.model_.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    X, y = task(n=2)
+    seg = TransferSegmenter(encoder=encoder, freeze="encoder", **{**SMALL, "max_iter": 3}).fit(X, y)
+    assert seg.pretrained_ and seg.encoder_ is None
+    # Frozen: weights and batch-norm statistics are still the pretrained ones after training.
+    for (name, a), b in zip(seg.net_.encoder.state_dict().items(), encoder.model_.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    tuned = TransferSegmenter(encoder=encoder, freeze="none", **{**SMALL, "max_iter": 3}).fit(X, y)
+    first = "stages.0.0.0.weight"
+    assert not torch.equal(tuned.net_.encoder.state_dict()[first], encoder.model_.encoder.state_dict()[first])
+
+
+def test_schedule_trains_decoder_first_then_everything(encoder):
+    X, y = task(n=2)
+    seg = TransferSegmenter(encoder=FrozenEstimator(encoder), **{**SMALL, "max_iter": 6}).fit(X, y)
+    assert [r["stage"] for r in seg.loss_history_] == ["decoder"] * 3 + ["all"] * 3
+    baseline = TransferSegmenter(**{**SMALL, "max_iter": 2}).fit(X, y)  # random encoder: always trained
+    assert [r["stage"] for r in baseline.loss_history_] == ["all", "all"]
+
+
+def test_saved_encoder_path_and_unfitted_encoder_recipe(encoder, tmp_path):
+    X, y = task(n=2)
+    joblib.dump(encoder, tmp_path / "enc.joblib")
+    seg = TransferSegmenter(encoder=str(tmp_path / "enc.joblib"), **{**SMALL, "max_iter": 2}).fit(X, y)
+    assert seg.pretrained_ and seg.image_size_ == encoder.image_size_
+    recipe = LocalDiscriminativeEncoder(**{**TINY, "image_size": None})
+    seg = TransferSegmenter(encoder=recipe, **{**SMALL, "max_iter": 2}).fit(X, y, X_unlabeled=blobs(2, 64, seed=9))
+    assert seg.encoder_.n_iter_ == TINY["max_iter"] and not hasattr(recipe, "model_")
+
+
+def test_multiclass_masks():
+    X, _ = task(n=3)
+    y = np.zeros(X.shape, np.int64)
+    y[X > 0.5] = 2
+    y[(X > 0.3) & (X <= 0.5)] = 1
+    seg = TransferSegmenter(**{**SMALL, "max_iter": 60}).fit(X, y)
+    assert list(seg.classes_) == [0, 1, 2]
+    pred = seg.predict(X)
+    assert pred.dtype == np.int64 and set(np.unique(pred)) <= {0, 1, 2}
+    assert seg.predict_proba(X).shape == (*y.shape, 3)
+    assert seg.score(X, y) > 0.5
+
+
+def test_rgb_images_and_zero_one_masks():
+    X, y = task(n=2, channels=3)
+    seg = TransferSegmenter(**{**SMALL, "max_iter": 2}).fit(X, y.astype(np.uint8))
+    assert seg.n_channels_in_ == 3 and seg.predict(X).dtype == bool
+
+
+def test_same_seed_same_model_and_clone():
+    X, y = task(n=2)
+    a = TransferSegmenter(**{**SMALL, "max_iter": 3}).fit(X, y)
+    b = TransferSegmenter(**{**SMALL, "max_iter": 3}).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    c = clone(a)
+    assert c.get_params() == a.get_params() and not hasattr(c, "net_")
+
+
+def test_pickle_round_trip(fitted, tmp_path):
+    X, _ = task(n=2, seed=3)
+    joblib.dump(fitted, tmp_path / "seg.joblib")
+    loaded = joblib.load(tmp_path / "seg.joblib")
+    np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    X, y = task(n=2)
+    params = {**SMALL, "max_iter": 6, "checkpoint_dir": str(tmp_path), "checkpoint_every": 100}
+    straight = TransferSegmenter(**{**params, "checkpoint_dir": None}).fit(X, y)
+    real_loss, calls = segmenter_module.segmentation_loss, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(segmenter_module, "segmentation_loss", failing)
+    with pytest.raises(KeyboardInterrupt):
+        TransferSegmenter(**params).fit(X, y)
+    monkeypatch.setattr(segmenter_module, "segmentation_loss", real_loss)
+    resumed = TransferSegmenter(**params).fit(X, y)
+    assert [r["step"] for r in resumed.loss_history_] == list(range(6))
+    np.testing.assert_array_equal(resumed.predict_proba(X), straight.predict_proba(X))
+    with pytest.raises(ValueError, match="other values of learning_rate"):
+        TransferSegmenter(**{**params, "learning_rate": 1e-2}).fit(X, y)
+
+
+def test_bad_input_is_named(encoder, tmp_path):
+    X, y = task(n=2)
+    seg = TransferSegmenter(**{**SMALL, "max_iter": 1})
+    with pytest.raises(ValueError, match="1 masks for 2 images"):
+        seg.fit(X, y[:1])
+    with pytest.raises(ValueError, match="mask 0 is 32 x 32"):
+        seg.fit(X, [m[:32, :32] for m in y])
+    with pytest.raises(ValueError, match="single value"):
+        seg.fit(X, np.zeros_like(y))
+    bad = y.astype(float)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        seg.fit(X, bad)
+    with pytest.raises(ValueError, match="distinct values"):
+        seg.fit(X, (X * 255).astype(np.uint8))
+    inf = X.copy()
+    inf[1, 5, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        seg.fit(inf, y)
+    with pytest.raises(ValueError, match="at least 32 x 32"):
+        seg.fit(X[:, 20:40, 20:40], np.ones((2, 20, 20), bool) ^ np.eye(20, dtype=bool))
+    with pytest.raises(NotFittedError):
+        seg.predict(X)
+    with pytest.raises(ValueError, match="fitted on 1-channel"):
+        TransferSegmenter(encoder=encoder, **{**SMALL, "max_iter": 1}).fit(np.stack([X] * 3, -1), y)
+    with pytest.raises(FileNotFoundError, match="no saved encoder"):
+        TransferSegmenter(encoder=str(tmp_path / "missing.joblib")).fit(X, y)
+    with pytest.raises(ValueError, match="freeze"):
+        TransferSegmenter(freeze="half").fit(X, y)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        TransferSegmenter(**{**SMALL, "crop_size": 40}).fit(X, y)
