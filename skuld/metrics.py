@@ -48,21 +48,30 @@ def successful_detection_rate(pred, true, radii=(20, 25, 30, 40), spacing=None) 
     return {float(r): float((e <= r).mean()) for r in radii}
 
 
-def dice(pred, true) -> float:
+def dice(pred, true, mask=None) -> float:
     """Mean Dice coefficient over images.
 
     ``pred``, ``true``: boolean masks ``(H, W)`` or ``(n, H, W)`` (or lists of masks of any
-    sizes). An image where both masks are empty counts as 1.
+    sizes). ``mask``: optional boolean region of the same shape(s), e.g. a fundus field of
+    view; only pixels inside it count. An image where both masks are empty (inside the
+    region) counts as 1.
     """
     if isinstance(pred, (list, tuple)):
-        if len(pred) != len(true):
-            raise ValueError(f"{len(pred)} predicted masks for {len(true)} true masks")
-        return float(np.mean([dice(p, t) for p, t in zip(pred, true)]))
+        if len(pred) != len(true) or (mask is not None and len(mask) != len(pred)):
+            raise ValueError(f"{len(pred)} predicted masks for {len(true)} true masks"
+                             + ("" if mask is None else f" and {len(mask)} regions"))
+        regions = [None] * len(pred) if mask is None else mask
+        return float(np.mean([dice(p, t, m) for p, t, m in zip(pred, true, regions)]))
     p, t = np.asarray(pred, bool), np.asarray(true, bool)
     if p.shape != t.shape:
         raise ValueError(f"predicted {p.shape} and true {t.shape} masks differ in shape")
     if p.ndim == 2:
         p, t = p[None], t[None]
+    if mask is not None:
+        m = np.asarray(mask, bool)
+        if m.shape[-2:] != p.shape[-2:] or m.ndim not in (2, 3) or (m.ndim == 3 and len(m) != len(p)):
+            raise ValueError(f"region mask {m.shape} does not match masks {p.shape}")
+        p, t = p & m, t & m
     inter = (p & t).sum(axis=(1, 2))
     total = p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
     scores = np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))

@@ -260,12 +260,14 @@ class PixelClassifier(BaseEstimator):
         check_is_fitted(self, "estimator_")
         return self._rows_out(X, self.estimator_.predict, 0)
 
-    def score(self, X, y):
-        """Mean Dice over images and over the classes after ``classes_[0]`` (the background)."""
+    def score(self, X, y, sample_weight=None):
+        """Mean Dice over images (weighted by ``sample_weight``, one weight per image) and over
+        the classes after ``classes_[0]`` (the background)."""
         pred = self.predict(X)
         truth = _per_image(y, _as_maps(X), "masks")
-        return float(np.mean([dice([np.asarray(p) == c for p in pred], [t == c for t in truth])
-                              for c in self.classes_[1:]]))
+        per_image = [np.mean([dice(np.asarray(p) == c, t == c) for c in self.classes_[1:]])
+                     for p, t in zip(pred, truth)]
+        return float(np.average(per_image, weights=sample_weight))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

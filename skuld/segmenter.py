@@ -514,26 +514,25 @@ class TransferSegmenter(BaseEstimator):
             return [lookup[p.argmax(-1)] for p in proba]
         return lookup[proba.argmax(-1)]
 
-    def score(self, X, y):
+    def score(self, X, y, sample_weight=None):
         """Mean Dice over images (and over foreground classes for multi-class masks).
 
         Parameters
         ----------
         X : images
         y : masks as in :meth:`fit`
+        sample_weight : array (n,), optional
+            One weight per image in the mean.
 
         Returns
         -------
         float in [0, 1]
         """
         pred = self.predict(X)
-        images_n = len(pred)
         masks = self._labels(y, ImageCollection(X, n_channels=self.n_channels_in_))
-        scores = []
-        for c in self.classes_[1:]:
-            scores.append(dice([np.asarray(pred[i]) == c for i in range(images_n)],
-                               [masks[i] == c for i in range(images_n)]))
-        return float(np.mean(scores))
+        per_image = [np.mean([dice(np.asarray(p) == c, m == c) for c in self.classes_[1:]])
+                     for p, m in zip(pred, masks)]
+        return float(np.average(per_image, weights=sample_weight))
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self):

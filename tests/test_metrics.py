@@ -42,3 +42,18 @@ def test_dice():
     assert dice([a[0], np.ones((2, 3), bool)], [a[0], np.ones((2, 3), bool)]) == 1.0
     with pytest.raises(ValueError, match="differ"):
         dice(np.zeros((2, 2)), np.zeros((3, 3)))
+
+
+def test_dice_inside_a_region():
+    pred = np.zeros((4, 4), bool)
+    true = np.zeros((4, 4), bool)
+    pred[0, :2] = True  # right inside the region
+    true[0, :2] = True
+    pred[3, 3] = True  # wrong, but outside the region
+    region = np.ones((4, 4), bool)
+    region[3, 3] = False
+    assert dice(pred, true) < 1
+    assert dice(pred, true, region) == 1.0
+    assert dice([pred, pred], [true, true], [region, region]) == 1.0
+    with pytest.raises(ValueError, match="region"):
+        dice(pred, true, region[:2])

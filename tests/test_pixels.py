@@ -91,3 +91,23 @@ def test_linear_probe_pipeline_is_grid_searchable():
     pred = search.predict(X)
     assert pred.shape == y.shape and pred.dtype == bool
     assert 0.0 <= search.best_score_ <= 1.0
+
+
+def test_region_mask_reaches_the_probe_through_metadata_routing():
+    """With routing on, ``mask`` (a field of view) passes through Pipelines and grid searches,
+    split by image like X and y."""
+    import sklearn
+
+    X = blobs(4, 48, seed=1)
+    y = X > 0.5
+    region = np.ones_like(y)
+    region[:, :, :24] = False
+    enc = LocalDiscriminativeEncoder(**TINY).fit(X)
+    with sklearn.config_context(enable_metadata_routing=True):
+        clf = PixelClassifier(n_pixels=300, random_state=0).set_fit_request(mask=True)
+        probe = make_pipeline(FrozenEstimator(enc), clf)
+        search = GridSearchCV(probe, {"pixelclassifier__n_pixels": [100, 300]}, cv=KFold(2), error_score="raise")
+        search.fit(X, y, mask=list(region))
+    assert np.isfinite(search.best_score_)
+    rows, _, where = PixelSampler(300, random_state=0).sample(enc.transform(X), y, list(region))
+    assert (where[:, 2] >= 24).all()

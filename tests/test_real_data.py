@@ -80,3 +80,26 @@ def test_one_shot_landmarks_on_cephalograms(shared_data):
     mre = mean_radial_error(pred, truth[1:11])
     stay_put = mean_radial_error(np.broadcast_to(truth[0], pred.shape), truth[1:11])
     assert mre < 40 and mre < 0.6 * stay_put, (mre, stay_put)
+
+
+def test_transfer_segmenter_on_drive_vessels(shared_data, tmp_path):
+    """Two labelled DRIVE images, a short CPU fit from random initialisation, files in and out:
+    vessels must be found (the quality targets are in benchmarks/transfer.py)."""
+    from skuld import TransferSegmenter
+    from skuld.io import read_image
+    from skuld.metrics import dice
+
+    root = shared_data / "drive"
+
+    def load(part, numbers):
+        paths = [root / part / "images" / f"{k}_{part}.tif" for k in numbers]
+        vessels = [read_image(root / part / "1st_manual" / f"{k}_manual1.gif") > 127 for k in numbers]
+        fovs = [read_image(root / part / "mask" / f"{k}_{part}_mask.gif") > 127 for k in numbers]
+        return [str(p) for p in paths], vessels, fovs
+
+    X, y, _ = load("training", (21, 22))
+    Xt, yt, ft = load("test", ("01", "02"))
+    seg = TransferSegmenter(max_iter=150, crop_size=128, image_size=None, random_state=0).fit(X, y)
+    pred = seg.predict(Xt)
+    assert [p.shape for p in pred] == [(584, 565), (584, 565)] and pred[0].dtype == bool
+    assert dice(pred, yt, ft) > 0.55

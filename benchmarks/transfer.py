@@ -1,0 +1,289 @@
+"""Does Local Discrimination pretraining help downstream segmentation with few labels?
+
+Label-efficiency on real data, every method in the same run and on the same splits
+(``benchmarks/transfer_data.py``):
+
+* DRIVE vessels: labelled subsets of the 20 training images, Dice inside the field of view
+  on the 20 test images (first observer);
+* cxr_covid lungs and heart (cardiomediastinum): labelled subsets of a patient-disjoint pool,
+  Dice per structure on a patient-disjoint test set; pretraining on a third part.
+
+Methods (the U-Nets all train ``--max-iter`` steps of 4 crops of 160 px, the same budget):
+
+* ``random``: U-Net from random initialisation (the baseline);
+* ``ld-schedule`` / ``ld-frozen``: encoder from LD pretraining, ``freeze="schedule"`` /
+  ``"encoder"``;
+* ``pd-schedule``: encoder from patch discrimination only (the ablation of the region stage);
+* ``ld-probe``: logistic regression on the LD embeddings (PixelClassifier);
+* ``rf``: skimage ``multiscale_basic_features`` + RandomForest on the same sampled pixels.
+
+Seed ``s`` picks which labelled images are used (file order for all of them) and seeds the
+training, so the spread covers both. Results accumulate in ``benchmarks/results/transfer.json``
+(one record per dataset, method, number of labels and seed; finished records are skipped on
+rerun), and ``--report`` writes ``transfer.md`` and ``transfer.png``.
+
+Usage::
+
+    python benchmarks/transfer_data.py pretrain drive-ld drive-pd cxr-ld   # once, cached
+    python benchmarks/transfer.py --dataset drive --methods random ld-schedule --labels 2 --seeds 0 1 2
+    python benchmarks/transfer.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import transfer_data as data  # noqa: E402
+
+from skuld import PixelClassifier, PixelSampler, TransferSegmenter  # noqa: E402
+from skuld.metrics import dice  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "transfer"
+METHODS = ("random", "ld-schedule", "ld-frozen", "pd-schedule", "ld-probe", "rf")
+LABELS = {"drive": (1, 2, 5, 20), "cxr": (1, 2, 5, 19)}
+STRUCTURES = {"drive": {1: "vessels"}, "cxr": {1: "lungs", 2: "heart"}}
+
+
+def load(dataset: str):
+    """(pool images, pool masks, test images, test masks, test region masks or None)."""
+    if dataset == "drive":
+        xi, yi, fi = data.load_drive("training")
+        xt, yt, ft = data.load_drive("test")
+        return xi, yi, fi, xt, yt, ft
+    split = data.cxr_split()
+    xi, yi = data.load_cxr(split["pool"])
+    xt, yt = data.load_cxr(split["test"])
+    return xi, yi, None, xt, yt, None
+
+
+def subset(n_pool: int, n: int, seed: int) -> list[int]:
+    if n >= n_pool:
+        return list(range(n_pool))
+    return sorted(np.random.default_rng(seed).choice(n_pool, n, replace=False).tolist())
+
+
+def score(dataset: str, pred: list[np.ndarray], truth: list[np.ndarray], regions) -> dict:
+    out = {}
+    for value, name in STRUCTURES[dataset].items():
+        p = [np.asarray(q) == value if q.dtype != bool else q for q in pred]
+        t = [m == value if m.dtype != bool else m for m in truth]
+        out[name] = dice(p, t, regions)
+    out["mean"] = float(np.mean([out[name] for name in STRUCTURES[dataset].values()]))
+    return out
+
+
+def segmenter_params(dataset: str, method: str, max_iter: int, seed: int) -> dict:
+    common = dict(max_iter=max_iter, batch_size=4, crop_size=160, random_state=seed, verbose=0,
+                  rotation=15.0 if dataset == "drive" else 5.0, flips=dataset == "drive")
+    common["image_size"] = None if dataset == "drive" else 256
+    if method == "random":
+        return {**common, "encoder": None, "normalization": "auto"}
+    kind = "ld" if method.startswith("ld") else "pd"
+    path = data.encoder_path(f"{dataset}-{kind}")
+    if not path.exists():
+        raise SystemExit(f"{path} missing: run python benchmarks/transfer_data.py pretrain {dataset}-{kind}")
+    return {**common, "encoder": str(path), "freeze": "encoder" if method.endswith("frozen") else "schedule"}
+
+
+def run_unet(dataset, method, xs, ys, xt, max_iter, seed):
+    seg = TransferSegmenter(**segmenter_params(dataset, method, max_iter, seed))
+    seg.fit(xs, ys)
+    return seg.predict(xt), {"final_loss": seg.loss_history_[-1]["loss"]}
+
+
+def _probe_maps(dataset, images):
+    import joblib
+
+    enc = joblib.load(data.encoder_path(f"{dataset}-ld"))
+    return enc.transform(list(images))
+
+
+def run_probe(dataset, xs, ys, fs, xt, seed):
+    from sklearn.linear_model import LogisticRegression
+
+    clf = PixelClassifier(LogisticRegression(max_iter=2000), n_pixels=50_000, random_state=seed)
+    clf.fit(_probe_maps(dataset, xs), list(ys), mask=fs)
+    return [clf.predict([f])[0] for f in _probe_maps(dataset, xt)], {}
+
+
+def _rf_features(img):
+    from skimage.feature import multiscale_basic_features
+
+    img = np.asarray(img, np.float32) / 255.0
+    return multiscale_basic_features(img, channel_axis=-1 if img.ndim == 3 else None, sigma_min=1, sigma_max=16)
+
+
+def run_rf(xs, ys, fs, xt, seed):
+    from sklearn.ensemble import RandomForestClassifier
+
+    rf = RandomForestClassifier(n_estimators=100, min_samples_leaf=2, n_jobs=1, random_state=seed)
+    clf = PixelClassifier(rf, n_pixels=50_000, random_state=seed)
+    clf.fit([_rf_features(x) for x in xs], list(ys), mask=fs)
+    return [clf.predict([_rf_features(x)])[0] for x in xt], {}
+
+
+def run_one(dataset, method, n, seed, max_iter, cache):
+    xi, yi, fi, xt, yt, ft = cache
+    idx = subset(len(xi), n, seed)
+    xs, ys = [xi[i] for i in idx], [yi[i] for i in idx]
+    fs = None if fi is None else [fi[i] for i in idx]
+    start = time.perf_counter()
+    if method == "ld-probe":
+        pred, info = run_probe(dataset, xs, ys, fs, xt, seed)
+    elif method == "rf":
+        pred, info = run_rf(xs, ys, fs, xt, seed)
+    else:
+        pred, info = run_unet(dataset, method, xs, ys, xt, max_iter, seed)
+    seconds = time.perf_counter() - start
+    return {"dataset": dataset, "method": method, "n_labelled": n, "seed": seed, "images": idx,
+            "max_iter": max_iter if method not in ("ld-probe", "rf") else None, "seconds": seconds,
+            "dice": score(dataset, pred, yt, ft), **info}
+
+
+def key(r):
+    return (r["dataset"], r["method"], r["n_labelled"], r["seed"], r.get("max_iter"))
+
+
+def load_results() -> list[dict]:
+    path = RESULTS.with_suffix(".json")
+    if not path.exists():
+        return []
+    return json.loads(path.read_text())["records"]
+
+
+def save_results(records: list[dict]) -> None:
+    from skuld.io import atomic_write
+
+    meta = {"machine": platform.processor() or platform.machine(), "threads": os.environ.get("OMP_NUM_THREADS")}
+    text = json.dumps({"meta": meta, "records": records}, indent=1)
+    atomic_write(RESULTS.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+
+
+def pretraining_info() -> dict:
+    out = {}
+    for name in data.PRETRAIN:
+        p = data.encoder_path(name).with_suffix(".json")
+        if p.exists():
+            out[name] = json.loads(p.read_text())
+    return out
+
+
+def report(records: list[dict]) -> str:
+    """Markdown tables: mean +- std over seeds of the mean Dice, per dataset, method, labels."""
+    lines = ["# Transfer: does pretraining help segmentation with few labels?", "",
+             "Written by `python benchmarks/transfer.py --report` from `transfer.json`; every number is "
+             "the test-set Dice (mean over test images), mean +- standard deviation over seeds (n = seeds).", ""]
+    pre = pretraining_info()
+    if pre:
+        lines += ["Pretraining runs (CPU, 2 cores shared with other work; the budget is 30 CPU minutes):", "",
+                  "| encoder | steps | images | seconds |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['max_iter']} | {v['n_images']} | {v['fit_seconds']:.0f} |" for k, v in pre.items()]
+        lines.append("")
+    for dataset in ("drive", "cxr"):
+        recs = [r for r in records if r["dataset"] == dataset]
+        if not recs:
+            continue
+        structures = list(STRUCTURES[dataset].values())
+        ns = sorted({r["n_labelled"] for r in recs})
+        title = {"drive": "DRIVE vessels (Dice inside the FOV, 20 test images)",
+                 "cxr": "cxr_covid lungs and heart (mean Dice of both, test set)"}[dataset]
+        lines += [f"## {title}", "", "| method | " + " | ".join(f"{n} labelled" for n in ns) + " |",
+                  "|---|" + "---|" * len(ns)]
+        for method in METHODS:
+            cells = []
+            for n in ns:
+                vals = [r["dice"]["mean"] for r in recs if r["method"] == method and r["n_labelled"] == n]
+                cells.append(f"{np.mean(vals):.3f} +- {np.std(vals):.3f} (n={len(vals)})" if vals else "-")
+            if any(c != "-" for c in cells):
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if len(structures) > 1:
+            lines += ["", "Per structure (mean over seeds):", "", "| method | labelled | "
+                      + " | ".join(structures) + " |", "|---|---|" + "---|" * len(structures)]
+            for method in METHODS:
+                for n in ns:
+                    sel = [r for r in recs if r["method"] == method and r["n_labelled"] == n]
+                    if sel:
+                        lines.append(f"| {method} | {n} | " + " | ".join(
+                            f"{np.mean([r['dice'][s] for r in sel]):.3f}" for s in structures) + " |")
+        secs = {m: np.mean([r["seconds"] for r in recs if r["method"] == m]) for m in METHODS
+                if any(r["method"] == m for r in recs)}
+        lines += ["", "Seconds per fit + test prediction (mean): "
+                  + ", ".join(f"{m} {s:.0f}" for m, s in secs.items()), ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in ("drive", "cxr") if any(r["dataset"] == d for r in records)]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for method in METHODS:
+            recs = [r for r in records if r["dataset"] == dataset and r["method"] == method]
+            ns = sorted({r["n_labelled"] for r in recs})
+            if not ns:
+                continue
+            m = [np.mean([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
+            s = [np.std([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
+            ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("labelled training images")
+        ax.set_ylabel("test Dice")
+        ax.set_title({"drive": "DRIVE vessels", "cxr": "chest X-ray lungs + heart"}[dataset])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=["drive", "cxr"])
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--labels", nargs="+", type=int, default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--max-iter", type=int, default=500, help="training steps of every U-Net")
+    ap.add_argument("--report", action="store_true", help="write transfer.md and transfer.png from the JSON")
+    args = ap.parse_args(argv)
+    if args.report:
+        records = load_results()
+        RESULTS.with_suffix(".md").write_text(report(records))
+        plot(records, RESULTS.with_suffix(".png"))
+        print(RESULTS.with_suffix(".md").read_text())
+        return
+    if args.dataset is None:
+        ap.error("--dataset is required unless --report")
+    if not data.DATA.is_dir():
+        sys.exit(f"{data.DATA} not found: this benchmark needs ../shared/data")
+    cache = load(args.dataset)
+    for n in args.labels or LABELS[args.dataset]:
+        for method in args.methods:
+            for seed in args.seeds:
+                probe = {"dataset": args.dataset, "method": method, "n_labelled": n, "seed": seed,
+                         "max_iter": args.max_iter if method not in ("ld-probe", "rf") else None}
+                if any(key(r) == key(probe) for r in load_results()):
+                    continue
+                rec = run_one(args.dataset, method, n, seed, args.max_iter, cache)
+                print(f"{args.dataset} {method} n={n} seed={seed}: Dice {rec['dice']} in {rec['seconds']:.0f} s",
+                      flush=True)
+                records = [r for r in load_results() if key(r) != key(rec)] + [rec]  # other processes may add
+                save_results(records)
+
+
+if __name__ == "__main__":
+    main()
