@@ -73,10 +73,9 @@ def real_embeddings(args):
     """The bundled radiographs at full resolution (4 x 512 x 512 = 1,048,576 pixels), embedded
     by an encoder pretrained on them for two CPU minutes; queries are pixels of image 0, the
     index holds images 1-3 plus image 0 with its queried pixels masked out."""
-    from skuld import PixelIndex
+    from skuld import LocalDiscriminativeEncoder, PixelIndex
     from skuld.datasets import load_cxr_tiny
     from skuld.demo import DEMO_PARAMS
-    from skuld import LocalDiscriminativeEncoder
 
     X = load_cxr_tiny().images
     enc = LocalDiscriminativeEncoder(**DEMO_PARAMS).fit(X)

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import transfer_data as data  # noqa: E402
 
-from skuld import PixelClassifier, PixelSampler, TransferSegmenter  # noqa: E402
+from skuld import PixelClassifier, TransferSegmenter  # noqa: E402
 from skuld.metrics import dice  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "transfer"

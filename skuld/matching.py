@@ -12,7 +12,6 @@ Conventions
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np

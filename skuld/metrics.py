@@ -76,3 +76,17 @@ def dice(pred, true, mask=None) -> float:
     total = p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
     scores = np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
     return float(scores.mean())
+
+
+def class_dice(pred, true, classes, sample_weight=None) -> float:
+    """Dice of each class in ``classes``, averaged per image, then over images.
+
+    ``pred``, ``true``: label maps ``(n, H, W)`` or lists of ``(H_i, W_i)`` arrays;
+    ``classes``: the labels scored (usually every class but the background);
+    ``sample_weight``: optional weight per image in the final mean.
+    """
+    if len(pred) != len(true):
+        raise ValueError(f"{len(pred)} predicted masks for {len(true)} true masks")
+    per_image = [np.mean([dice(np.asarray(p) == c, np.asarray(t) == c) for c in classes])
+                 for p, t in zip(pred, true)]
+    return float(np.average(per_image, weights=sample_weight))

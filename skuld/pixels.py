@@ -29,7 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .metrics import dice
+from .metrics import class_dice
 
 
 def _as_maps(F, name: str = "X") -> list[np.ndarray]:
@@ -263,11 +263,8 @@ class PixelClassifier(BaseEstimator):
     def score(self, X, y, sample_weight=None):
         """Mean Dice over images (weighted by ``sample_weight``, one weight per image) and over
         the classes after ``classes_[0]`` (the background)."""
-        pred = self.predict(X)
         truth = _per_image(y, _as_maps(X), "masks")
-        per_image = [np.mean([dice(np.asarray(p) == c, t == c) for c in self.classes_[1:]])
-                     for p, t in zip(pred, truth)]
-        return float(np.average(per_image, weights=sample_weight))
+        return class_dice(self.predict(X), truth, self.classes_[1:], sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,12 +21,14 @@ from .data import resize, to_tensor, working_shape
 from .encoder import LocalDiscriminativeEncoder, resolve_encoder
 from .inference import check_min_size, segment_image
 from .io import ImageCollection, atomic_write
-from .metrics import dice
+from .metrics import class_dice
 from .nn.network import SegmentationUNet
 from .nn.segmentation import augment, random_crops, segmentation_loss
 from .training import (
+    CHECKPOINT_FORMAT,
     autocast,
     intensity_normalizer,
+    load_checkpoint,
     normalize,
     resolve_device,
     resolve_precision,
@@ -35,7 +37,6 @@ from .training import (
 )
 
 CHECKPOINT_NAME = "skuld-segmenter-checkpoint.pt"
-_CHECKPOINT_FORMAT = 1
 # Parameters that do not change what is learned: a checkpoint written under other values of
 # these can be resumed.
 _RESUMABLE_PARAMS = {"encoder", "max_iter", "verbose", "device", "precision", "checkpoint_dir", "checkpoint_every"}
@@ -355,7 +356,7 @@ class TransferSegmenter(BaseEstimator):
     def _save_checkpoint(self, optimizer) -> None:
         path = self._checkpoint_path()
         payload = {
-            "format": _CHECKPOINT_FORMAT, "params": self._fingerprint(), "seed": self._seed,
+            "format": CHECKPOINT_FORMAT, "kind": "segmenter", "params": self._fingerprint(), "seed": self._seed,
             "classes": self.classes_, "net": to_cpu(self.net_.state_dict()),
             "optimizer": to_cpu(optimizer.state_dict()), "step": self.n_iter_, "history": self.loss_history_,
         }
@@ -366,11 +367,8 @@ class TransferSegmenter(BaseEstimator):
         path = self._checkpoint_path()
         if path is None or not os.path.exists(path):
             return
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != _CHECKPOINT_FORMAT:
+        payload = load_checkpoint(path)
+        if payload.get("kind") != "segmenter":
             raise ValueError(f"{path} is not a TransferSegmenter checkpoint")
         saved, mine = payload["params"], self._fingerprint()
         differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
@@ -528,11 +526,8 @@ class TransferSegmenter(BaseEstimator):
         -------
         float in [0, 1]
         """
-        pred = self.predict(X)
         masks = self._labels(y, ImageCollection(X, n_channels=self.n_channels_in_))
-        per_image = [np.mean([dice(np.asarray(p) == c, m == c) for c in self.classes_[1:]])
-                     for p, m in zip(pred, masks)]
-        return float(np.average(per_image, weights=sample_weight))
+        return class_dice(self.predict(X), masks, self.classes_[1:], sample_weight)
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributed import gather_with_grad, global_mean, world_size
 from .losses import (
     area_balance_loss,
     binary_entropy,
@@ -14,7 +15,6 @@ from .losses import (
     patch_features,
     region_discrimination_loss,
 )
-from ..distributed import gather_with_grad, global_mean, world_size
 from .network import LDNet
 from .views import Views, undo_rot90
 
