@@ -102,4 +102,4 @@ def test_transfer_segmenter_on_drive_vessels(shared_data, tmp_path):
     seg = TransferSegmenter(max_iter=150, crop_size=128, image_size=None, random_state=0).fit(X, y)
     pred = seg.predict(Xt)
     assert [p.shape for p in pred] == [(584, 565), (584, 565)] and pred[0].dtype == bool
-    assert dice(pred, yt, ft) > 0.55
+    assert dice(pred, yt, ft) > 0.65  # 0.74 measured
