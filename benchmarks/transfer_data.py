@@ -34,9 +34,10 @@ from skuld.io import read_image  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 CACHE = ROOT / "benchmarks" / "cache"
 
-#: Pretraining steps: the issue's budget is 30 CPU minutes on 2 cores; one step at 160 px,
-#: batch 4 takes about 1.1 s there (benchmarks/results/train_step_cpu.md), so 1500 steps
-#: fit within it. The measured wall time of each run is stored next to the encoder.
+#: Pretraining steps. The issue's budget is 30 CPU minutes on 2 cores, where a step at 160 px,
+#: batch 4 takes about 1.3 s alone (README): 1500 steps are about 32 minutes, slightly over it
+#: (1380 steps would fit); the chest X-ray encoder was run for 1000 steps (about 22 minutes)
+#: to fit this session. The measured wall time of each run is stored next to the encoder.
 PRETRAIN_STEPS = 1500
 
 #: Encoder settings per pretraining run. DRIVE: native resolution (vessels are 1-8 px wide;
