@@ -303,7 +303,9 @@ def plot(records: list[dict], path: Path) -> None:
                 continue
             m = [np.mean([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
             s = [np.std([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
-            ax.errorbar(ns, m, yerr=s, marker="o", capsize=3, label=method)
+            base = method.split(" (")[0]
+            ax.errorbar(ns, m, yerr=s, marker="o" if base == method else "s", capsize=3, label=method,
+                        color=f"C{METHODS.index(base)}", alpha=1.0 if base == method else 0.6)
         ax.set_xscale("log")
         ticks = sorted({r["n_labelled"] for r in rows})
         ax.set_xticks(ticks, [str(t) for t in ticks])
