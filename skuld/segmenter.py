@@ -291,10 +291,6 @@ class TransferSegmenter(BaseEstimator):
             n_channels = spec.n_channels_in_
         images = ImageCollection(X, n_channels=n_channels)
         masks = self._labels(y, images)
-        self.encoder_ = None
-        if spec is not None and not hasattr(spec, "model_"):
-            spec = self.encoder_ = self._pretrain(spec, images, X_unlabeled)
-        encoder = spec
         self.classes_ = np.unique(np.concatenate([np.unique(m) for m in masks]))
         if len(self.classes_) < 2:
             raise ValueError(f"the masks hold a single value ({self.classes_[0]!r}); segmentation needs a "
@@ -302,6 +298,10 @@ class TransferSegmenter(BaseEstimator):
         if len(self.classes_) > 64:
             raise ValueError(f"the masks hold {len(self.classes_)} distinct values; class labels are expected "
                              "(did you pass images as masks?)")
+        self.encoder_ = None  # masks are checked above: no long pretraining before a data error
+        if spec is not None and not hasattr(spec, "model_"):
+            spec = self.encoder_ = self._pretrain(spec, images, X_unlabeled)
+        encoder = spec
         self.n_channels_in_ = images.n_channels
         self.pretrained_ = encoder is not None
         self.crop_size_, self.image_size_ = self._resolved_sizes(encoder)
