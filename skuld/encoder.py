@@ -370,7 +370,10 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         self.n_iter_ = 0
         self.loss_history_ = []
         self._seed = seed
-        self._schedule = Schedule.scaled(self.learning_rate, self.max_iter, self.pd_fraction)
+        # Halvings of the learning rate per max_iter: the paper's 10, or fewer for short
+        # adversarial runs (set by ShapeGuidedSegmenter).
+        self._schedule = Schedule.scaled(self.learning_rate, self.max_iter, self.pd_fraction,
+                                         getattr(self, "_lr_halvings", 10))
         self._optimizer = None
 
     def _ensure_optimizer(self) -> torch.optim.Optimizer:
@@ -414,6 +417,13 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         self._schedule = Schedule(**payload["schedule"])
         self.n_iter_ = int(payload["step"])
         self.loss_history_ = list(payload["history"])
+        adversary = getattr(self, "_adversary", None)
+        if (adversary is None) != ("adversary" not in payload):
+            raise ValueError(f"the checkpoint in {self.checkpoint_dir} was written by "
+                             f"{'a ShapeGuidedSegmenter' if adversary is None else 'a plain encoder fit'}; "
+                             "use another checkpoint_dir")
+        if adversary is not None:
+            adversary.load_state_dict(payload["adversary"])
         if self.verbose:
             print(f"[skuld] resuming from {path} at step {self.n_iter_}", flush=True)
 
@@ -457,9 +467,16 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
             self.n_iter_ = state.step
             return step_ctx["ctx"].call_on_fit_task_end(estimator=self, metadata=last_losses)
 
+        adversary = getattr(self, "_adversary", None)  # set by ShapeGuidedSegmenter
+        if adversary is not None:
+            if distributed_run:
+                raise ValueError("shape-guided training runs in a single process")
+            adversary.to(device)
+
         def extra():
             return {"params": self._fingerprint(), "seed": self._seed,
-                    "random_state": self.random_state if isinstance(self.random_state, Integral) else None}
+                    "random_state": self.random_state if isinstance(self.random_state, Integral) else None,
+                    **({"adversary": adversary.state_dict()} if adversary is not None else {})}
 
         has_callbacks = bool(getattr(self, "_skl_callbacks", None))
         try:
@@ -469,7 +486,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
                 run_steps(state, images, cfg, stop,
                           on_step_begin=on_begin if has_callbacks else None,
                           on_step_end=on_end if has_callbacks else None,
-                          checkpoint_extra=extra)
+                          checkpoint_extra=extra, adversary=adversary)
         finally:
             # Whatever happened, the estimator holds the last completed step.
             self.n_iter_ = state.step
@@ -625,6 +642,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         if optimizer is not None:
             state["_optimizer_state"] = to_cpu(optimizer.state_dict())
         state.pop("_skl_callbacks", None)  # live progress bars and threads do not pickle
+        state.pop("_adversary", None)  # training-only
         if "device_" in state:
             state["device_"] = str(state["device_"])
         return state

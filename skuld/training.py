@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 import warnings
@@ -223,7 +224,8 @@ class _Reporter:
             last = self.state.history[-1]
             done = last["step"] + 1
             rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
-            terms = " ".join(f"{k} {last[k]:.4f}" for k in ("patch", "mixup", "region", "entropy", "area") if k in last)
+            terms = " ".join(f"{k} {last[k]:.4f}" for k in ("patch", "mixup", "region", "entropy", "area", "shape", "discriminator")
+                             if k in last)
             print(
                 f"[skuld] step {done}/{self.stop} [{last['stage']}] loss {last['loss']:.4f} ({terms}) "
                 f"lr {last['lr']:.2e} {rate:.2f} steps/s",
@@ -255,12 +257,17 @@ def run_steps(
     on_step_begin: Callable[[int], None] | None = None,
     on_step_end: Callable[[int, Callable[[], dict]], bool] | None = None,
     checkpoint_extra: Callable[[], dict] | None = None,
+    adversary=None,
 ) -> None:
     """Train ``state`` from ``state.step`` up to ``stop`` steps (exclusive).
 
     ``on_step_end(step, last_losses)`` may return True to stop early. On any exception,
     Ctrl-C included, the last completed step is checkpointed (when a checkpoint path is set)
     before the exception propagates: no finished step is lost.
+
+    ``adversary`` (a :class:`skuld.nn.shape_prior.ShapeAdversary`, single process only) adds
+    its shape loss on cluster 0 in the LD stage and updates its discriminator after each
+    LD step.
     """
     model = state.model
     dev = cfg.device
@@ -314,15 +321,24 @@ def run_steps(
             pairs = pairs.to(dev, non_blocking=True)
             views = make_views(pairs, cfg.views, gen, host_gen)
             x = normalize(views.images, cfg.mean, cfg.std).contiguous(memory_format=memory_format)
+            shape_loss = None
+            if adversary is not None and stage == "ld":
+                shape_loss = functools.partial(adversary.generator_loss, images=views.images[: 4 * views.n_items])
             with autocast(dev, cfg.amp_dtype):
-                loss, parts = ld_objective(model, x, views, stage, cfg.objective, forward=forward)
+                loss, parts = ld_objective(model, x, views, stage, cfg.objective, forward=forward,
+                                           shape_loss=shape_loss)
             state.optimizer.zero_grad(set_to_none=True)
             if state.scaler is not None:
                 state.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if shape_loss is not None:
+                # Before the network's update: an interruption here leaves both at the last step.
+                parts["discriminator"] = adversary.discriminator_step(host_gen)
+            if state.scaler is not None:
                 state.scaler.step(state.optimizer)
                 state.scaler.update()
             else:
-                loss.backward()
                 state.optimizer.step()
             state.step = step + 1
             reporter.add(step, stage, lr, loss, parts)

@@ -37,7 +37,7 @@ class ObjectiveConfig:
 
 
 def ld_objective(
-    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig, forward=None
+    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig, forward=None, shape_loss=None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch.
 
@@ -55,6 +55,10 @@ def ld_objective(
     forward : callable, optional
         ``forward(x, n_cluster) -> (z, a)`` to use instead of the model's own methods (the
         DistributedDataParallel wrapper in multi-process training).
+    shape_loss : callable, optional
+        ``shape_loss(a0) -> scalar`` for the cluster-0 maps ``a0`` (4B, 1, S, S) of the
+        non-mixup images, added in the LD stage (the adversarial shape prior of
+        :class:`skuld.ShapeGuidedSegmenter`).
 
     Returns
     -------
@@ -78,10 +82,10 @@ def ld_objective(
     # The heads' outputs are float32; keep autocast from casting the losses' matrix
     # products back to half precision.
     with torch.autocast(x.device.type, enabled=False):
-        return _losses(z, a, views, cfg)
+        return _losses(z, a, views, cfg, shape_loss)
 
 
-def _losses(z, a, views, cfg):
+def _losses(z, a, views, cfg, shape_loss=None):
     b = views.n_items
     n_pair = 4 * b
     u = patch_features(z, cfg.patch_grid, cfg.patch_sigma)  # (n, D, g, g)
@@ -108,4 +112,7 @@ def _losses(z, a, views, cfg):
         if cfg.area_weight:
             parts["area"] = area_balance_loss(a, global_mean if gather else None)
             loss = loss + cfg.area_weight * parts["area"]
+        if shape_loss is not None:
+            parts["shape"] = shape_loss(a[:, :1])
+            loss = loss + parts["shape"]
     return loss, {k: v.detach() for k, v in parts.items()}
