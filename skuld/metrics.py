@@ -78,15 +78,17 @@ def dice(pred, true, mask=None) -> float:
     return float(scores.mean())
 
 
-def class_dice(pred, true, classes, sample_weight=None) -> float:
+def class_dice(pred, true, classes, sample_weight=None, regions=None) -> float:
     """Dice of each class in ``classes``, averaged per image, then over images.
 
     ``pred``, ``true``: label maps ``(n, H, W)`` or lists of ``(H_i, W_i)`` arrays;
     ``classes``: the labels scored (usually every class but the background);
-    ``sample_weight``: optional weight per image in the final mean.
+    ``sample_weight``: optional weight per image in the final mean; ``regions``: optional
+    boolean masks like ``true``, only pixels inside them count.
     """
-    if len(pred) != len(true):
+    if len(pred) != len(true) or (regions is not None and len(regions) != len(true)):
         raise ValueError(f"{len(pred)} predicted masks for {len(true)} true masks")
-    per_image = [np.mean([dice(np.asarray(p) == c, np.asarray(t) == c) for c in classes])
-                 for p, t in zip(pred, true)]
+    regions = [None] * len(true) if regions is None else regions
+    per_image = [np.mean([dice(np.asarray(p) == c, np.asarray(t) == c, r) for c in classes])
+                 for p, t, r in zip(pred, true, regions)]
     return float(np.average(per_image, weights=sample_weight))

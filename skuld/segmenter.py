@@ -23,7 +23,7 @@ from .inference import check_min_size, segment_image
 from .io import ImageCollection, atomic_write
 from .metrics import class_dice
 from .nn.network import SegmentationUNet
-from .nn.segmentation import augment, random_crops, segmentation_loss
+from .nn.segmentation import IGNORE, augment, random_crops, segmentation_loss
 from .training import (
     CHECKPOINT_FORMAT,
     autocast,
@@ -90,6 +90,10 @@ class TransferSegmenter(BaseEstimator):
         Random rotation of the crops, uniform in ``[-rotation, rotation]`` degrees.
     intensity_jitter : float, default=0.1
         Random gain ``1 + U(-j, j)`` and offset ``U(-j, j)`` of the normalised intensities.
+    ignore_label : int or None, default=None
+        A mask value that means "not labelled": those pixels count for nothing in training
+        or scoring (partial annotations, scribbles, pseudo-labels kept only where they are
+        confident). It is not a class.
     width : float, default=1.0
         Width multiplier of a randomly initialised U-Net (a pretrained encoder brings its own).
     normalization : {"auto", "imagenet", "half"} or (mean, std), default="auto"
@@ -151,6 +155,7 @@ class TransferSegmenter(BaseEstimator):
         "flips": ["boolean"],
         "rotation": [Interval(Real, 0, 180, closed="both")],
         "intensity_jitter": [Interval(Real, 0, 1, closed="both")],
+        "ignore_label": [Integral, None],
         "width": [Interval(Real, 0, None, closed="neither")],
         "normalization": [StrOptions({"auto", "imagenet", "half"}), tuple],
         "device": [str, torch.device],
@@ -176,6 +181,7 @@ class TransferSegmenter(BaseEstimator):
         flips=True,
         rotation=15.0,
         intensity_jitter=0.1,
+        ignore_label=None,
         width=1.0,
         normalization="auto",
         device="auto",
@@ -198,6 +204,7 @@ class TransferSegmenter(BaseEstimator):
         self.flips = flips
         self.rotation = rotation
         self.intensity_jitter = intensity_jitter
+        self.ignore_label = ignore_label
         self.width = width
         self.normalization = normalization
         self.device = device
@@ -292,6 +299,11 @@ class TransferSegmenter(BaseEstimator):
         images = ImageCollection(X, n_channels=n_channels)
         masks = self._labels(y, images)
         self.classes_ = np.unique(np.concatenate([np.unique(m) for m in masks]))
+        if self.ignore_label is not None:
+            self.classes_ = self.classes_[self.classes_ != self.ignore_label]
+        if len(self.classes_) == 0:
+            raise ValueError(f"the masks hold a single value ({self.ignore_label!r}, the ignore_label): no pixel "
+                             "is labelled")
         if len(self.classes_) < 2:
             raise ValueError(f"the masks hold a single value ({self.classes_[0]!r}); segmentation needs a "
                              "structure and a background")
@@ -332,7 +344,10 @@ class TransferSegmenter(BaseEstimator):
             h, w = working_shape(*img.shape[:2], self.image_size_)
             check_min_size(h, w, f"{images.describe(i)} at working resolution")
             x = normalize(resize(to_tensor(img), (h, w))[None], self._mean, self._std)[0]
-            lab = torch.from_numpy(np.searchsorted(self.classes_, masks[i]).astype(np.int64))
+            index = np.searchsorted(self.classes_, masks[i]).astype(np.int64)
+            if self.ignore_label is not None:
+                index[masks[i] == self.ignore_label] = IGNORE
+            lab = torch.from_numpy(index)
             if lab.shape != (h, w):
                 lab = F.interpolate(lab[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long()
             xs.append(x.contiguous())
@@ -527,7 +542,8 @@ class TransferSegmenter(BaseEstimator):
         float in [0, 1]
         """
         masks = self._labels(y, ImageCollection(X, n_channels=self.n_channels_in_))
-        return class_dice(self.predict(X), masks, self.classes_[1:], sample_weight)
+        regions = None if self.ignore_label is None else [m != self.ignore_label for m in masks]
+        return class_dice(self.predict(X), masks, self.classes_[1:], sample_weight, regions=regions)
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self):

@@ -179,3 +179,22 @@ def test_bad_input_is_named(encoder, tmp_path):
         TransferSegmenter(freeze="half").fit(X, y)
     with pytest.raises(ValueError, match="multiple of 16"):
         TransferSegmenter(**{**SMALL, "crop_size": 40}).fit(X, y)
+
+
+def test_ignore_label_pixels_count_for_nothing():
+    X, y = task(n=4, seed=3)
+    partial = y.astype(np.uint8)
+    partial[:, :, 32:] = 255  # only the left half is annotated
+    seg = TransferSegmenter(**{**SMALL, "ignore_label": 255, "max_iter": 80}).fit(X, partial)
+    assert seg.classes_.tolist() == [0, 1]
+    assert seg.predict(X).dtype == bool
+    assert seg.score(X, y.astype(np.uint8)) > 0.7  # learned the structure from half the pixels
+    # Scoring leaves the ignored pixels out: a prediction wrong only there still scores 1.
+    pred = seg.predict(X)
+    fake = pred.astype(np.uint8)
+    fake[:, :, 32:] = 255
+    from skuld.metrics import class_dice
+    regions = [m != 255 for m in fake]
+    assert class_dice(pred.astype(np.uint8), fake, [1], regions=regions) == 1.0
+    with pytest.raises(ValueError, match="single value"):
+        TransferSegmenter(**{**SMALL, "ignore_label": 255}).fit(X, np.full(y.shape, 255, np.uint8))
