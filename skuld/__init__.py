@@ -8,6 +8,7 @@ from .index import PixelIndex
 from .locator import OneShotLandmarkLocator
 from .pixels import PixelClassifier, PixelSampler
 from .segmenter import TransferSegmenter
+from .shape_guided import ShapeGuidedSegmenter
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "PixelClassifier",
     "PixelIndex",
     "PixelSampler",
+    "ShapeGuidedSegmenter",
     "TransferSegmenter",
     "__version__",
 ]

@@ -10,7 +10,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skuld import LocalDiscriminativeEncoder, PixelClassifier, PixelSampler, TransferSegmenter
+from skuld import LocalDiscriminativeEncoder, PixelClassifier, PixelSampler, ShapeGuidedSegmenter, TransferSegmenter
 
 from .helpers import TINY, blobs
 
@@ -54,15 +54,20 @@ SEGMENTER_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_i
 MAPS_FAILED = {name: MAPS for name in COMMON_TABULAR + [
     "check_transformer_data_not_an_array", "check_transformer_general", "check_transformer_preserve_dtypes",
     "check_transformer_general(readonly_memmap=True)"]}
+PRIORS = ("y is a list of binary shape-prior masks (2-D arrays of at least 16 x 16), not one target per "
+          "sample; the check passes a 1-D y, which is rejected with a ValueError. Tested in tests/test_shape_guided.py")
+SHAPE_FAILED = {name: TABULAR for name in COMMON_TABULAR}
+SHAPE_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_in_after_fitting": NO_FEATURES})
 EXPECTED = {
     LocalDiscriminativeEncoder: EXPECTED_FAILED, TransferSegmenter: SEGMENTER_FAILED,
-    PixelSampler: MAPS_FAILED, PixelClassifier: MAPS_FAILED,
+    PixelSampler: MAPS_FAILED, PixelClassifier: MAPS_FAILED, ShapeGuidedSegmenter: SHAPE_FAILED,
 }
 
 
 @parametrize_with_checks(
     [LocalDiscriminativeEncoder(**TINY), TransferSegmenter(max_iter=1, crop_size=32, width=0.25, random_state=0),
-     PixelSampler(random_state=0), PixelClassifier(random_state=0)],
+     PixelSampler(random_state=0), PixelClassifier(random_state=0),
+     ShapeGuidedSegmenter(max_iter=1, refine=False, crop_size=32, image_size=32, random_state=0)],
     expected_failed_checks=lambda est: EXPECTED[type(est)],
 )
 def test_sklearn_compatible(estimator, check):

@@ -1,0 +1,265 @@
+"""ShapeGuidedSegmenter: a structure learned without its labels, guided by shapes from elsewhere."""
+
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from skuld import ShapeGuidedSegmenter
+from skuld.nn.shape_prior import PriorSampler, ShapeAdversary, ShapeDiscriminator, structure_width
+from skuld.shape_guided import ClusterCollapseWarning, fundus_field_of_view
+
+from .helpers import branching_shapes, ellipse_shapes, lungs, tubes
+
+#: Small and fast: 96 px images, 48 px crops cut at working resolution.
+SMALL = dict(max_iter=12, refine_iter=4, batch_size=1, crop_size=48, image_size=96, rotation=180.0,
+             encoder_params=dict(width=0.25, embedding_dim=8, patch_grid=4), random_state=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = tubes(n=6, size=96, seed=0)
+    return X, y, branching_shapes(n=6, size=128, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, _, priors = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        return ShapeGuidedSegmenter(**SMALL).fit(X, priors)
+
+
+def test_outputs_have_the_documented_shapes(fitted, data):
+    X, y, _ = data
+    for mode in ("cluster", "similarity"):
+        proba = fitted.predict_proba(X[:2], mode=mode)
+        assert proba.shape == (2, 96, 96, 2) and proba.dtype == np.float32
+        np.testing.assert_allclose(proba.sum(-1), 1, atol=1e-6)
+        assert ((proba >= 0) & (proba <= 1)).all()
+    pred = fitted.predict(X[:2], mode="cluster")
+    assert pred.shape == (2, 96, 96) and pred.dtype == bool
+    ragged = fitted.predict([X[0], X[1][:80, :64]], mode="similarity")
+    assert [p.shape for p in ragged] == [(96, 96), (80, 64)]
+    assert 0 <= fitted.score(X[:2], y[:2], mode="cluster") <= 1
+    assert fitted.encoder_.n_clusters == 8 and fitted.encoder_.n_iter_ == SMALL["max_iter"]
+    history = fitted.encoder_.loss_history_
+    ld = [h for h in history if h["stage"] == "ld"]
+    assert ld and all("shape" in h and "discriminator" in h for h in ld)
+    assert all("shape" not in h for h in history if h["stage"] == "pd")
+
+
+def test_field_of_view_mask_blanks_the_outside(fitted, data):
+    X = data[0][:1]
+    region = np.zeros((1, 96, 96), bool)
+    region[:, 20:60, 30:70] = True
+    p = fitted.predict_proba(X, mask=region, mode="similarity")[..., 1]
+    assert (p[~region] == 0).all()
+    with pytest.raises(ValueError, match="field-of-view mask 0"):
+        fitted.predict(X, mask=np.ones((1, 50, 50), bool))
+
+
+def test_fundus_field_of_view_finds_the_disc():
+    yy, xx = np.mgrid[0:200, 0:220]
+    disc = (yy - 100) ** 2 + (xx - 110) ** 2 < 90**2
+    img = np.zeros((200, 220, 3), np.uint8)
+    img[disc] = (180, 90, 40)
+    img[90:110, 100:120] = (20, 10, 5)  # a dark lesion inside stays in the field of view
+    fov = fundus_field_of_view(img, erosion=0)
+    assert (fov == disc).mean() > 0.999
+    assert fundus_field_of_view(np.full((64, 64, 3), 120, np.uint8)).all()  # no black frame: all of it
+
+
+def test_structure_width_of_a_bar():
+    bar = np.zeros((60, 60), bool)
+    bar[10:50, 28:33] = True  # 5 px wide
+    assert 4 <= structure_width(bar) <= 6
+    assert np.isnan(structure_width(np.zeros((8, 8), bool)))
+
+
+def test_prior_sampler_draws_binary_rotated_crops():
+    prior = np.zeros((64, 64), bool)
+    prior[:, 30:34] = True  # a vertical bar
+    sampler = PriorSampler([prior], [1.0], rotation=180, scale_jitter=(1.0, 1.0))
+    g = torch.Generator().manual_seed(0)
+    crops = sampler.sample(16, 32, g)
+    assert crops.shape == (16, 1, 32, 32)
+    assert set(torch.unique(crops).tolist()) <= {0.0, 1.0}
+    again = PriorSampler([prior], [1.0], rotation=180, scale_jitter=(1.0, 1.0)).sample(16, 32,
+                                                                                        torch.Generator().manual_seed(0))
+    assert torch.equal(crops, again)
+    # Rotations: the bar is not vertical in every crop (column sums are not all concentrated).
+    vertical = [(c[0].sum(0) > 0).sum() <= 6 for c in crops if c.sum() > 0]
+    assert not all(vertical)
+    # A zoom of 2 doubles the bars' width: 4 px stripes every 16 px become 8 px every 32 px.
+    stripes = np.zeros((128, 128), bool)
+    for c in range(0, 128, 16):
+        stripes[:, c : c + 4] = True
+    fixed = PriorSampler([stripes], [2.0], rotation=0, flips=False, scale_jitter=(1.0, 1.0))
+    row = fixed.sample(1, 96, torch.Generator().manual_seed(1))[0, 0, 48].numpy().astype(int)
+    edges = np.flatnonzero(np.diff(row))
+    runs = [b - a for a, b, first in zip(edges[:-1], edges[1:], row[edges[:-1] + 1]) if first == 1]
+    assert runs and all(7 <= r <= 9 for r in runs), runs
+
+
+def test_discriminator_has_a_real_slope_and_learns_to_separate():
+    d = ShapeDiscriminator(slope=0.2)
+    assert all(m.negative_slope == 0.2 for m in d.modules() if isinstance(m, torch.nn.LeakyReLU))
+    prior = np.zeros((64, 64), bool)
+    prior[:, 30:34] = True
+    adversary = ShapeAdversary(PriorSampler([prior], [1.0]), learning_rate=5e-3, seed=0)
+    fake = torch.full((8, 1, 32, 32), 0.5)  # uniform grey maps: easy to tell from bars
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        g_loss = adversary.generator_loss(fake)
+        losses.append(float(adversary.discriminator_step(g)))
+    assert losses[-1] < losses[0]
+    assert float(adversary.generator_loss(fake)) > float(g_loss) - 1e-6  # the fake looks ever less real
+    assert all(p.grad is None or p.requires_grad for p in adversary.discriminator.parameters())
+
+
+def test_generator_loss_does_not_train_the_discriminator():
+    prior = np.ones((32, 32), bool)
+    prior[:, :16] = False
+    adversary = ShapeAdversary(PriorSampler([prior], [1.0]), seed=0)
+    a0 = torch.rand(2, 1, 32, 32, requires_grad=True)
+    adversary.generator_loss(a0).backward()
+    assert a0.grad is not None and a0.grad.abs().sum() > 0
+    assert all(p.grad is None for p in adversary.discriminator.parameters())
+
+
+def test_random_state_gives_identical_models(data):
+    X, _, priors = data
+    params = {**SMALL, "max_iter": 6, "refine": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        a = ShapeGuidedSegmenter(**params).fit(X[:3], priors)
+        b = ShapeGuidedSegmenter(**params).fit(X[:3], priors)
+    for (k, v), w in zip(a.encoder_.model_.state_dict().items(), b.encoder_.model_.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_pickle_round_trip(fitted, data, tmp_path):
+    X = data[0][:2]
+    path = tmp_path / "sg.joblib"
+    joblib.dump(fitted, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.predict(X, mode="similarity"), fitted.predict(X, mode="similarity"))
+    assert clone(fitted).get_params() == fitted.get_params()
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(data, tmp_path, monkeypatch):
+    X, _, priors = data
+    params = {**SMALL, "max_iter": 8, "refine": False, "checkpoint_dir": str(tmp_path)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        reference = ShapeGuidedSegmenter(**{**params, "checkpoint_dir": None}).fit(X[:3], priors)
+
+        import skuld.nn.shape_prior as sp
+
+        original = sp.ShapeAdversary.discriminator_step
+        calls = {"n": 0}
+
+        def failing(self, generator):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return original(self, generator)
+
+        monkeypatch.setattr(sp.ShapeAdversary, "discriminator_step", failing)
+        with pytest.raises(KeyboardInterrupt):
+            ShapeGuidedSegmenter(**params).fit(X[:3], priors)
+        monkeypatch.setattr(sp.ShapeAdversary, "discriminator_step", original)
+        resumed = ShapeGuidedSegmenter(**params).fit(X[:3], priors)
+    for (k, v), w in zip(reference.encoder_.model_.state_dict().items(),
+                         resumed.encoder_.model_.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+def test_bad_priors_are_named(data):
+    X = data[0][:2]
+    seg = ShapeGuidedSegmenter(**SMALL)
+    with pytest.raises(ValueError, match="empty"):
+        seg.fit(X, [])
+    with pytest.raises(ValueError, match="requires y to be passed"):
+        seg.fit(X)
+    with pytest.raises(ValueError, match="not binary"):
+        seg.fit(X, [np.linspace(0, 1, 64 * 64).reshape(64, 64)])
+    with pytest.raises(ValueError, match="2-D mask"):
+        seg.fit(X, [np.zeros((32, 32, 3), bool)])
+    with pytest.raises(ValueError, match="2-D binary masks"):
+        seg.fit(X, np.zeros((2, 32, 32, 2), bool))
+    with pytest.raises(ValueError, match="all foreground|empty"):
+        seg.fit(X, [np.zeros((32, 32), bool)])
+    with pytest.raises(ValueError, match="unknown LocalDiscriminativeEncoder parameters"):
+        ShapeGuidedSegmenter(**{**SMALL, "encoder_params": {"colour": 1}}).fit(X, branching_shapes(1))
+    with pytest.raises(NotFittedError):
+        ShapeGuidedSegmenter().predict(X)
+
+
+def test_prior_files_are_read(tmp_path, data):
+    import imageio.v3 as iio
+
+    for i, p in enumerate(branching_shapes(2, seed=3)):
+        iio.imwrite(tmp_path / f"p{i}.png", p.astype(np.uint8) * 255)
+    X = data[0][:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        seg = ShapeGuidedSegmenter(**{**SMALL, "max_iter": 2, "refine": False}).fit(X, str(tmp_path))
+    assert len(seg.prior_zooms_) == 2
+
+
+def test_collapse_is_detected_and_reported(data, monkeypatch):
+    X, _, priors = data
+    import skuld.shape_guided as sg
+
+    monkeypatch.setattr(sg.ShapeGuidedSegmenter, "_ld_proba",
+                        lambda self, img: {m: np.zeros(img.shape[:2], np.float32) for m in ("cluster", "similarity")})
+    with pytest.warns(ClusterCollapseWarning, match="collapse"):
+        seg = ShapeGuidedSegmenter(**{**SMALL, "max_iter": 2, "pseudo_labels": "ld"}).fit(X[:2], priors)
+    assert seg.collapsed_ and seg.cluster_fraction_ == 0 and seg.refiner_ is None
+    with pytest.raises(ValueError, match="no refinement network"):
+        seg.predict(X[:1], mode="refined")
+    # Ridge pseudo-labels do not depend on cluster 0: refinement still runs, with the warning.
+    with pytest.warns(ClusterCollapseWarning):
+        seg = ShapeGuidedSegmenter(**{**SMALL, "max_iter": 2, "pseudo_labels": "ridge"}).fit(X[:2], priors)
+    assert seg.collapsed_ and seg.refiner_ is not None and seg.pseudo_labels_ == "ridge"
+
+
+def test_segments_synthetic_tubes_without_their_labels():
+    """Dark wavy tubes in noise, guided only by straight branching shapes: Dice > 0.8 (0.93
+    measured; about 30 s on 2 cores)."""
+    X, y = tubes(n=8, size=96, seed=0)
+    priors = branching_shapes(n=8, size=128, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        seg = ShapeGuidedSegmenter(max_iter=150, refine_iter=100, batch_size=2, crop_size=64, image_size=96,
+                                   encoder_params=dict(width=0.5, patch_grid=4), random_state=0).fit(X, priors)
+    X_test, y_test = tubes(n=4, size=96, seed=7)
+    assert seg.pseudo_labels_ == "ridge" and seg.refiner_ is not None
+    assert seg.score(X_test, y_test) > 0.8
+    # The pseudo-labels' structure fraction is held near the priors' (the triangle threshold
+    # alone marks most of these noisy images as tubes).
+    assert 0.5 * seg.prior_fraction_ <= seg.pseudo_label_fraction_ <= 1.0
+
+
+def test_non_vessel_structure_runs_the_ld_route():
+    """Lung-like blobs guided by ellipse masks: thick priors take the paper's route (LD pseudo-
+    labels). It runs end to end and reports what it found; at this tiny budget cluster 0 does
+    not yet match the blobs (docs/shape_guided.md), so no quality is asserted here."""
+    X, y = lungs(n=6, size=96, seed=0)
+    priors = ellipse_shapes(n=6, size=128, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        seg = ShapeGuidedSegmenter(max_iter=20, refine_iter=10, batch_size=2, crop_size=64, image_size=96,
+                                   rotation=0, encoder_params=dict(width=0.25, patch_grid=4),
+                                   random_state=0).fit(X, priors)
+    assert seg._pseudo_source([p for p in priors]) == "ld"
+    assert 0 <= seg.cluster_fraction_ <= 1
+    pred = seg.predict(X[:2], mode="similarity")
+    assert pred.shape == (2, 96, 96) and pred.dtype == bool
