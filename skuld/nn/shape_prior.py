@@ -33,7 +33,10 @@ class ShapeDiscriminator(nn.Module):
         Spectral normalisation of every layer (keeps the discriminator Lipschitz, which
         stabilises short adversarial runs).
 
-    ``forward``: ``(N, 1, S, S)`` masks in [0, 1], S >= 16 -> ``(N,)`` logits (real > 0).
+    Notes
+    -----
+    The forward pass maps masks ``(N, 1, S, S)`` in [0, 1], S >= 16, to logits ``(N,)``
+    (real > 0).
     """
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 64), slope: float = 0.2, spectral_norm: bool = True):
