@@ -343,9 +343,9 @@ class ShapeGuidedSegmenter(BaseEstimator):
         params.update(extra)
         return LocalDiscriminativeEncoder(**params)
 
-    def _zooms(self, priors: list[np.ndarray], image_size: int | None, images: ImageCollection) -> list[float]:
+    def _zooms(self, priors: list[np.ndarray], images: ImageCollection) -> list[float]:
         if self.prior_scale == "frame":
-            side = image_size if image_size is not None else min(images.shape(0))
+            side = self.image_size if self.image_size is not None else min(images.shape(0))
             return [side / min(p.shape) for p in priors]
         zooms = []
         for p in priors:
@@ -382,7 +382,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
         crop = self._resolved_crop()
         seed = int(self.random_state) if isinstance(self.random_state, Integral) else int(
             check_random_state(self.random_state).randint(0, 2**31 - 1))
-        self.prior_zooms_ = self._zooms(priors, self.image_size, images)
+        self.prior_zooms_ = self._zooms(priors, images)
         sampler = PriorSampler(priors, self.prior_zooms_, rotation=float(self.rotation), flips=True)
         base_lr = float((self.encoder_params or {}).get("learning_rate", self.learning_rate))
         adversary = ShapeAdversary(sampler, weight=self.prior_weight, learning_rate=self.discriminator_lr * base_lr,
@@ -397,8 +397,10 @@ class ShapeGuidedSegmenter(BaseEstimator):
         t0 = time.perf_counter()
         self._log(f"training Local Discrimination with a shape prior on {len(images)} images, "
                   f"{len(priors)} prior masks, {enc.max_iter} steps")
+        # Decoded once: in-memory images are converted here and shared by both fits.
+        train = X if images.from_files else [images[i] for i in range(len(images))]
         try:
-            enc.fit(X if images.from_files else [images[i] for i in range(len(images))])
+            enc.fit(train)
         finally:
             enc.__dict__.pop("_adversary", None)
             enc.__dict__.pop("_lr_halvings", None)
@@ -406,18 +408,18 @@ class ShapeGuidedSegmenter(BaseEstimator):
         self.encoder_ = enc
         self.refiner_ = None
 
-        probs, both, fovs = [], [], []
+        ld_labels = self._pseudo_source(priors) == "ld"
+        sigmas = None if ld_labels else self._ridge_sigmas(priors)
+        modes, fovs, ridge = [], [], []
         for i in range(len(images)):
-            img = images[i]
-            fov = self._fov(img)
-            modes = self._ld_proba(img)
-            probs.append(modes[self.inference])
-            both.append(modes)
-            fovs.append(fov)
-        inside = np.concatenate([p[f] for p, f in zip(probs, fovs)])
+            img = images[i] if images.from_files else train[i]
+            fovs.append(self._fov(img))
+            modes.append(self._ld_proba(img))
+            if self.refine and not ld_labels:
+                ridge.append(self._ridge_label(img, fovs[-1], sigmas))
+        inside = np.concatenate([m[self.inference][f] for m, f in zip(modes, fovs)])
         self.cluster_fraction_ = float((inside > 0.5).mean()) if inside.size else 0.0
         self.collapsed_ = not 0.002 <= self.cluster_fraction_ <= 0.6
-        ld_labels = self._pseudo_source(priors) == "ld"
         if self.collapsed_:
             warnings.warn(
                 f"cluster 0 covers {100 * self.cluster_fraction_:.2f} % of the field of view: the shape prior did "
@@ -427,11 +429,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
                 return self
         if self.refine:
             t0 = time.perf_counter()
-            if ld_labels:
-                pseudo = [self._pseudo_label(m, f) for m, f in zip(both, fovs)]
-            else:
-                sigmas = self._ridge_sigmas(priors)
-                pseudo = [self._ridge_label(images[i], fovs[i], sigmas) for i in range(len(images))]
+            pseudo = [self._pseudo_label(m, f) for m, f in zip(modes, fovs)] if ld_labels else ridge
             self.pseudo_label_fraction_ = float(np.mean([np.mean(p != _UNSURE) for p in pseudo]))
             self._log(f"refinement on {self.pseudo_label_fraction_ * 100:.1f} % confident pixels "
                       f"({self.pseudo_labels_} pseudo-labels), {self.refine_iter} steps")
@@ -447,10 +445,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
                               f"{'structure' if not any((p == 1).any() for p in pseudo) else 'background'} pixel: "
                               "refinement is skipped", ClusterCollapseWarning, stacklevel=2)
                 return self
-            refiner.fit(X if images.from_files else [images[i] for i in range(len(images))], pseudo)
-            if list(refiner.classes_) != [0, 1]:
-                raise ValueError(f"the pseudo-labels hold the classes {refiner.classes_.tolist()}, not structure and "
-                                 "background: nothing to refine")
+            refiner.fit(train, pseudo)  # both classes present: checked above
             self.refiner_ = refiner
             self.fit_time_["refinement"] = time.perf_counter() - t0
         return self
