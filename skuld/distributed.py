@@ -21,10 +21,34 @@ from torch import nn
 
 
 def world_size() -> int:
+    """Number of processes in the ``torch.distributed`` group; 1 when not distributed.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from skuld.distributed import world_size
+    >>> world_size()                                # a plain Python process
+    1
+    """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's rank in the ``torch.distributed`` group; 0 when not distributed.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from skuld.distributed import rank
+    >>> rank()
+    0
+    """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -44,9 +68,28 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` (same shape on every process) from all processes along dim 0.
+    """Concatenate ``x`` from all processes along dim 0, differentiably.
 
-    Returns ``x`` itself when not distributed. Differentiable: see the module docstring.
+    The backward pass sums the incoming gradient over processes (``all_reduce``) and keeps
+    this process's slice (see the module docstring for why the sum is needed).
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, ...)
+        The same shape on every process.
+
+    Returns
+    -------
+    Tensor of shape (W * n, ...)
+        Rank r's rows at ``[r * n, (r + 1) * n)``; ``x`` itself when not distributed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.distributed import gather_with_grad
+    >>> x = torch.ones(2, 3)
+    >>> gather_with_grad(x) is x                    # one process: nothing to gather
+    True
     """
     if world_size() == 1:
         return x
@@ -59,6 +102,17 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     Works on any device and backend (``torch.nn.SyncBatchNorm`` needs GPUs); used for CPU
     (gloo) training. Per-channel sums are gathered with gradients, so backward is exact.
     Outside distributed training it is a plain BatchNorm2d.
+
+    It takes ``torch.nn.BatchNorm2d``'s arguments (``num_features`` = C of the ``(N, C, H, W)``
+    input, ``eps``, ``momentum``, ...).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.distributed import GlobalBatchNorm2d
+    >>> bn = GlobalBatchNorm2d(4)                   # one process: exactly BatchNorm2d
+    >>> bn(torch.randn(8, 4, 5, 5)).shape
+    torch.Size([8, 4, 5, 5])
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,11 +140,33 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 @contextlib.contextmanager
 def synchronized_batch_norm(module: nn.Module, device: torch.device | None = None):
-    """Within the block, every BatchNorm2d of ``module`` uses global-batch statistics:
-    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm2d` elsewhere.
+    """Context manager: within the block, ``module``'s BatchNorm2d layers use global-batch statistics.
 
-    The modules change class in place, so their parameters stay the very objects an
-    optimizer already holds; leaving the block restores plain BatchNorm2d.
+    ``torch.nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm2d` elsewhere. The modules
+    change class in place, so their parameters stay the very objects an optimizer already
+    holds; leaving the block restores plain BatchNorm2d.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    device : torch.device, optional
+        The training device (CUDA selects SyncBatchNorm).
+
+    Yields
+    ------
+    torch.nn.Module
+        ``module`` itself.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from skuld.distributed import GlobalBatchNorm2d, synchronized_batch_norm
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    >>> with synchronized_batch_norm(net):
+    ...     print(type(net[1]).__name__)
+    GlobalBatchNorm2d
+    >>> type(net[1]).__name__
+    'BatchNorm2d'
     """
     swapped = _swap_batch_norm(module, device)
     try:
@@ -112,14 +188,52 @@ def _swap_batch_norm(module: nn.Module, device: torch.device | None) -> list[nn.
 
 
 def convert_batch_norm(module: nn.Module, device: torch.device | None = None) -> nn.Module:
-    """Switch ``module``'s BatchNorm2d layers to synchronised ones for good (see
-    :func:`synchronized_batch_norm`, which does it for the duration of a block)."""
+    """Switch ``module``'s BatchNorm2d layers to synchronised ones for good.
+
+    :func:`synchronized_batch_norm` does the same for the duration of a block.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    device : torch.device, optional
+        CUDA selects ``torch.nn.SyncBatchNorm``, anything else :class:`GlobalBatchNorm2d`.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module`` itself, changed in place.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from skuld.distributed import convert_batch_norm
+    >>> type(convert_batch_norm(nn.Sequential(nn.BatchNorm2d(4)))[0]).__name__
+    'GlobalBatchNorm2d'
+    """
     _swap_batch_norm(module, device)
     return module
 
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over processes of a per-process tensor (equal shapes), with gradients."""
+    """Mean over processes of a per-process tensor, with gradients.
+
+    Parameters
+    ----------
+    x : Tensor
+        The same shape on every process.
+
+    Returns
+    -------
+    Tensor
+        Same shape as ``x``; ``x`` itself when not distributed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.distributed import global_mean
+    >>> global_mean(torch.tensor([0.25, 0.75]))
+    tensor([0.2500, 0.7500])
+    """
     if world_size() == 1:
         return x
     return gather_with_grad(x[None]).mean(0)

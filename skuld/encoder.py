@@ -528,7 +528,14 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         """Train further on ``X``: about one pass over it (``ceil(n_images / (2 * batch_size))`` steps).
 
         Initialises the model on the first call; later calls continue the same step counter
-        and learning-rate schedule. Same input as :meth:`fit`.
+        and learning-rate schedule.
+
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays or paths, or str
+            Images of any sizes, as for :meth:`fit`.
+        y : None
+            Ignored (scikit-learn's convention).
 
         Returns
         -------
@@ -589,20 +596,31 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
     def predict_proba(self, X):
         """Soft cluster assignments at the input resolution.
 
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays or paths, or str
+            Images of any sizes, as for :meth:`fit`.
+
         Returns
         -------
-        P : float32 array of shape (n_images, H, W, n_clusters) (a list for list input);
-            non-negative, summing to 1 along the last axis.
+        P : ndarray of shape (n_images, H, W, n_clusters), float32
+            Non-negative, summing to 1 along the last axis (a list of (H_i, W_i, n_clusters)
+            arrays for list input).
         """
         return self._infer(X, ("cluster",))["cluster"]
 
     def predict(self, X):
         """Cluster label of every pixel.
 
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays or paths, or str
+            Images of any sizes, as for :meth:`fit`.
+
         Returns
         -------
-        labels : int64 array of shape (n_images, H, W) (a list of (H_i, W_i) for list input),
-            values in ``[0, n_clusters)``.
+        labels : ndarray of shape (n_images, H, W), int64
+            Values in ``[0, n_clusters)`` (a list of (H_i, W_i) arrays for list input).
         """
         proba = self.predict_proba(X)
         if isinstance(proba, list):
@@ -616,15 +634,24 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
 
             unet = skuld.nn.SegmentationUNet(n_classes=2, encoder=enc.export_encoder())
 
-        Its ``forward`` maps ``(N, n_channels_in_, H, W)`` (H, W multiples of 16, intensities
-        normalised as in training, see :meth:`normalization_stats`) to five feature maps.
+        Returns
+        -------
+        VGGEncoder
+            Its ``forward`` maps ``(N, n_channels_in_, H, W)`` (H, W multiples of 16, intensities
+            normalised as in training, see :meth:`normalization_stats`) to five feature maps.
         """
         check_is_fitted(self, "model_")
         encoder = copy.deepcopy(self.model_.encoder).to("cpu", memory_format=torch.contiguous_format)
         return encoder.eval()
 
     def normalization_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) per channel applied to [0, 1] intensities before the network."""
+        """Per-channel normalisation applied to [0, 1] intensities before the network.
+
+        Returns
+        -------
+        mean, std : tuple of float
+            One value per input channel: the network sees ``(x - mean) / std``.
+        """
         check_is_fitted(self, "model_")
         return intensity_normalizer(self.normalization, self.n_channels_in_)
 

@@ -125,6 +125,18 @@ class PixelIndex(BaseEstimator):
     n_images_ : int
     factory_ : str
         The factory string used ("auto" resolved).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld import PixelIndex
+    >>> E = np.random.default_rng(0).normal(size=(3, 16, 16, 8)).astype(np.float32)  # (n, H, W, D)
+    >>> index = PixelIndex(index="Flat", stride=2).fit(E)        # exact; "auto" picks by size
+    >>> index.n_vectors_
+    192
+    >>> sim, where = index.kneighbors(E[1, 4, 6], k=1)            # query: one pixel's vector
+    >>> where                                                     # (image, row, col) of each hit
+    array([[[1, 4, 6]]])
     """
 
     _parameter_constraints = {
@@ -280,11 +292,16 @@ class PixelIndex(BaseEstimator):
         return new_ids
 
     def add(self, E, masks=None, encoder=None) -> np.ndarray:
-        """Append images (as for :meth:`fit`) to a fitted index.
+        """Append images to a fitted index.
+
+        Parameters
+        ----------
+        E, masks, encoder
+            As for :meth:`fit`.
 
         Returns
         -------
-        image_numbers : int array
+        image_numbers : ndarray of int
             Their image numbers, continuing the count: existing numbers never change.
         """
         check_is_fitted(self, "index_")
@@ -306,7 +323,18 @@ class PixelIndex(BaseEstimator):
         return self
 
     def locations(self, ids: np.ndarray) -> np.ndarray:
-        """FAISS ids -> int64 (..., 3) array of (image, row, col); ``MISSING`` stays ``MISSING``."""
+        """Translate FAISS ids into pixel locations.
+
+        Parameters
+        ----------
+        ids : array-like of int, any shape
+            Ids as returned by the FAISS index (``MISSING`` allowed).
+
+        Returns
+        -------
+        ndarray of shape (*ids.shape, 3), int64
+            ``(image, row, col)``; ``MISSING`` ids give ``MISSING`` rows.
+        """
         ids = np.asarray(ids, dtype=np.int64)
         out = np.full(ids.shape + (3,), MISSING, dtype=np.int64)
         valid = ids >= 0
@@ -392,7 +420,18 @@ class PixelIndex(BaseEstimator):
         return self.kneighbors(Q, k)
 
     def ids_of(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, 3) array of (image, row, col) -> FAISS ids; KeyError for a pixel not indexed."""
+        """Translate pixel locations into FAISS ids.
+
+        Parameters
+        ----------
+        pixels : array-like of shape (n, 3), int
+            ``(image, row, col)`` of indexed pixels.
+
+        Returns
+        -------
+        ndarray of shape (n,), int64
+            ``KeyError`` for a pixel that is not indexed (off the stride grid or masked out).
+        """
         out = []
         for img, r, c in np.asarray(pixels, dtype=np.int64):
             if not 0 <= img < self.n_images_:
@@ -412,8 +451,19 @@ class PixelIndex(BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index to the folder ``path`` (index.faiss, ids.npz, meta.json), atomically:
-        an interrupted save leaves any previous index at ``path`` intact."""
+        """Write the index to a folder (index.faiss, ids.npz, meta.json), atomically.
+
+        An interrupted save leaves any previous index at ``path`` intact.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The folder (created if needed); reload with :meth:`load`.
+
+        Returns
+        -------
+        None
+        """
         check_is_fitted(self, "index_")
         faiss = _faiss()
         path = os.fspath(path)

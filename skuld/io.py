@@ -24,14 +24,45 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".
 
 
 class ImageReadError(ValueError):
-    """An image file could not be read or decoded; the message names the file."""
+    """An image file could not be read or decoded; the message names the file.
+
+    A subclass of ``ValueError``, so ``except ValueError`` catches it too.
+
+    Examples
+    --------
+    >>> from skuld.io import ImageReadError, read_image
+    >>> try:
+    ...     read_image("no/such/scan.png")
+    ... except ImageReadError as err:
+    ...     print(err)
+    image file not found: no/such/scan.png
+    """
 
 
 def expand_paths(spec: str | os.PathLike) -> list[str]:
-    """A directory, a glob pattern or a single file -> sorted list of image paths.
+    """Turn a directory, a glob pattern or a single file into a sorted list of image paths.
 
-    Sorting makes the order, and so any random split or sampling, independent of the order
-    in which the file system lists a directory.
+    Sorting makes the order, and so any random split or sampling, independent of the order in
+    which the file system lists a directory. A directory contributes the files ending in
+    :data:`IMAGE_EXTENSIONS` (not hidden ones, not recursively); ``**`` in a glob recurses.
+
+    Parameters
+    ----------
+    spec : str or path-like
+        A directory, a glob pattern (``*``, ``?``, ``[``) or a file.
+
+    Returns
+    -------
+    list of str
+        Sorted paths. ``FileNotFoundError`` if nothing matches the spec, ``ValueError`` if a
+        directory or glob holds no image files.
+
+    Examples
+    --------
+    >>> from skuld.datasets import cxr_tiny_dir
+    >>> from skuld.io import expand_paths
+    >>> [p.rsplit("/", 1)[-1] for p in expand_paths(f"{cxr_tiny_dir()}/*.jpg")]
+    ['1.jpg', '2.jpg', '3.jpg', '4.jpg']
     """
     spec = os.fspath(spec)
     if os.path.isdir(spec):
@@ -50,9 +81,26 @@ def expand_paths(spec: str | os.PathLike) -> list[str]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode one image file (PNG, JPEG, TIFF, BMP, GIF, DICOM, ...) into a raw array.
+    """Decode one image file (PNG, JPEG, TIFF, BMP, GIF, DICOM, ...) into its raw array.
 
-    Raises :class:`ImageReadError` naming the path when the file is missing or corrupt.
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    ndarray
+        As stored: ``(H, W)``, ``(H, W, C)`` (C = 1..4), the file's dtype (uint8, uint16,
+        ...). Multi-frame files give their first frame. Raises :class:`ImageReadError` naming the
+        path when the file is missing or corrupt.
+
+    Examples
+    --------
+    >>> from skuld.datasets import cxr_tiny_dir
+    >>> from skuld.io import read_image
+    >>> img = read_image(f"{cxr_tiny_dir()}/1.jpg")
+    >>> img.shape, img.dtype
+    ((512, 512), dtype('uint8'))
     """
     import imageio.v3 as iio
 
@@ -85,8 +133,35 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = False) -> np.ndarray:
     """Validate one raw image and return it as float32 ``(H, W, C)`` in [0, 1], C in {1, 3}.
 
-    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)``; with ``drop_alpha`` (used for files)
-    also gray+alpha ``(H, W, 2)`` and RGBA ``(H, W, 4)``, whose alpha channel is dropped.
+    Integer images are divided by 255 (8-bit) or their dtype's maximum; float images are taken
+    to be in [0, 1] already; bool becomes 0/1.
+
+    Parameters
+    ----------
+    img : array-like of shape (H, W) or (H, W, C), C in {1, 3}
+        With ``drop_alpha`` also gray+alpha (C = 2) and RGBA (C = 4), whose alpha is dropped.
+    name : str, default "image"
+        How the image is named in error messages.
+    drop_alpha : bool, default False
+        Used for files, where alpha channels are common.
+
+    Returns
+    -------
+    ndarray of shape (H, W, C), float32
+        ``ValueError`` naming the problem for a wrong ndim or channel count, an empty image,
+        signed integers, NaN or infinity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import to_float_image
+    >>> to_float_image(np.array([[0, 255]], np.uint8))
+    array([[[0.],
+            [1.]]], dtype=float32)
+    >>> to_float_image(np.full((2, 2), np.nan), name="X[3]")
+    Traceback (most recent call last):
+        ...
+    ValueError: X[3] contains NaN or infinity
     """
     img = np.asarray(img)
     if img.ndim == 2:
@@ -121,7 +196,27 @@ def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = Fals
 
 
 def convert_channels(img: np.ndarray, n_channels: int) -> np.ndarray:
-    """Gray (H, W, 1) <-> RGB (H, W, 3) conversion (luma weights 0.299, 0.587, 0.114)."""
+    """Convert between gray ``(H, W, 1)`` and RGB ``(H, W, 3)``.
+
+    Gray to RGB repeats the channel; RGB to gray uses the luma weights 0.299, 0.587, 0.114.
+
+    Parameters
+    ----------
+    img : ndarray of shape (H, W, 1) or (H, W, 3), float32
+    n_channels : {1, 3}
+
+    Returns
+    -------
+    ndarray of shape (H, W, n_channels)
+        ``img`` itself when it already has ``n_channels``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import convert_channels
+    >>> convert_channels(np.ones((2, 2, 3), np.float32), 1).shape
+    (2, 2, 1)
+    """
     c = img.shape[2]
     if c == n_channels:
         return img
@@ -131,29 +226,64 @@ def convert_channels(img: np.ndarray, n_channels: int) -> np.ndarray:
 
 
 def is_gray_rgb(img: np.ndarray) -> bool:
-    """True for a 3-channel image whose channels are equal (a gray image saved as RGB)."""
+    """Whether a 3-channel image has three equal channels (a gray image saved as RGB).
+
+    Parameters
+    ----------
+    img : ndarray of shape (H, W, C)
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import is_gray_rgb
+    >>> is_gray_rgb(np.zeros((2, 2, 3))), is_gray_rgb(np.zeros((2, 2, 1)))
+    (True, False)
+    """
     return img.shape[2] == 3 and np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
 
 
 class ImageCollection:
     """A validated, ordered collection of images, held in memory or read from files on demand.
 
+    Every estimator takes its ``X`` through this class, so arrays, ragged lists, file lists,
+    directories and globs behave the same everywhere.
+
     Parameters
     ----------
-    X : array of shape (n, H, W) or (n, H, W, C), a sequence of (H, W[, C]) arrays of any
-        sizes, a sequence of file paths, or one directory / glob pattern / file path.
+    X : array of shape (n, H, W) or (n, H, W, C), list, or str
+        A stacked array, a sequence of ``(H, W[, C])`` arrays of any sizes, a sequence of file
+        paths, or one directory / glob pattern / file path.
     n_channels : {1, 3} or None
-        Channel count to enforce: arrays with another count are an error, files are
-        converted. None: decided by the data (arrays must all agree; for files, gray unless
-        the first file is a true colour image).
-    name : str
+        Channel count to enforce: arrays with another count are an error, files are converted.
+        None: decided by the data (arrays must all agree; for files, gray unless the first file
+        is a true colour image).
+    name : str, default "X"
         How the collection is named in error messages.
 
     Attributes
     ----------
     n_channels : int
+        1 or 3.
     is_ragged : bool
         True unless ``X`` was one stacked array (then outputs are stacked too).
+    from_files : bool
+        True when ``X`` named files (read on each access, never cached).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import ImageCollection
+    >>> images = ImageCollection([np.zeros((40, 50), np.uint8), np.ones((60, 30), np.uint8)])
+    >>> len(images), images.n_channels, images[1].shape, images[1].dtype
+    (2, 1, (60, 30, 1), dtype('float32'))
+    >>> ImageCollection(np.zeros((2, 8, 8, 4)))
+    Traceback (most recent call last):
+        ...
+    ValueError: X[0] has 4 channels; skuld takes 1 (gray) or 3 (RGB) channels, shape (8, 8, 4)
     """
 
     def __init__(self, X, n_channels: int | None = None, name: str = "X"):
@@ -207,6 +337,8 @@ class ImageCollection:
         return len(self._arrays)
 
     def describe(self, i: int) -> str:
+        """How image ``i`` is named in messages: its file path, or ``name[i]``.
+        """
         return f"image file {self._paths[i]}" if self.from_files else f"{self.name}[{i}]"
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -231,13 +363,33 @@ class ImageCollection:
 
     @property
     def paths(self) -> list[str | None]:
+        """The file path of every image (None for in-memory images).
+        """
         return list(self._paths)
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write a file atomically: ``write(tmp_path)`` then rename over ``path``.
+    """Write a file atomically: ``write(tmp_path)``, then rename the temporary file over ``path``.
 
-    A crash or Ctrl-C mid-write leaves any previous file at ``path`` intact.
+    A crash or Ctrl-C mid-write leaves any previous file at ``path`` intact, and never a
+    half-written file under the final name. Missing parent folders are created.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The final file.
+    write : callable
+        ``write(tmp_path: str)`` writes the whole file to ``tmp_path`` (same folder as ``path``).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from skuld.io import atomic_write
+    >>> target = os.path.join(tempfile.mkdtemp(), "sub", "weights.npy")
+    >>> atomic_write(target, lambda tmp: np.save(open(tmp, "wb"), np.arange(3)))
+    >>> np.load(target)
+    array([0, 1, 2])
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

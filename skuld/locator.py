@@ -133,9 +133,19 @@ class OneShotLandmarkLocator(BaseEstimator):
 
     Examples
     --------
-    >>> loc = OneShotLandmarkLocator(encoder=enc)            # doctest: +SKIP
-    >>> loc.fit(template_image, points)                       # points: (L, 2) (x, y)
-    >>> pred = loc.predict(new_images)                        # (n, L, 2) (x, y)
+    >>> import numpy as np
+    >>> from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator
+    >>> from skuld.datasets import load_cxr_tiny
+    >>> X = load_cxr_tiny().images                          # (4, 512, 512) uint8
+    >>> enc = LocalDiscriminativeEncoder(max_iter=5, image_size=128, crop_size=64, rotation=0,
+    ...                                  rot90=False, random_state=0).fit(X)   # a real fit: ~600 steps
+    >>> points = np.array([[150.0, 250.0], [360.0, 250.0]])   # (L, 2) (x, y) in image 0
+    >>> loc = OneShotLandmarkLocator(encoder=enc).fit(X[0], points)
+    >>> loc.predict(X[1:]).shape                            # (n, L, 2) (x, y) in each image's pixels
+    (3, 2, 2)
+    >>> np.round(loc.predict(X[:1]), 1)                     # the template finds its own points
+    array([[[150., 250.],
+            [360., 250.]]])
     """
 
     _parameter_constraints = {
@@ -556,10 +566,16 @@ class OneShotLandmarkLocator(BaseEstimator):
     def predict_confidence(self, X):
         """Landmarks and a confidence for each.
 
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays or paths, or str
+            Images of any sizes.
+
         Returns
         -------
-        landmarks : float64 array (n, L, 2) of (x, y), as :meth:`predict`.
-        confidence : float64 array (n, L) in [0, 1]
+        landmarks : ndarray of shape (n, L, 2), float64
+            ``(x, y)`` in each image's pixels, as :meth:`predict`.
+        confidence : ndarray of shape (n, L), float64, in [0, 1]
             The similarity at the predicted point: the correlation of the last refinement
             level (or the coarse cosine similarity when refinement is off), clipped to [0, 1].
         """
@@ -567,6 +583,17 @@ class OneShotLandmarkLocator(BaseEstimator):
         return coords, conf
 
     def score(self, X, landmarks):
-        """Negative mean radial error (pixels) of :meth:`predict` on ``X`` against ``landmarks``
-        (``(n, L, 2)`` (x, y); NaN points are left out). Higher is better."""
+        """Negative mean radial error of :meth:`predict` on ``X`` (higher is better).
+
+        Parameters
+        ----------
+        X : array of shape (n, H, W) or (n, H, W, C), list of arrays or paths, or str
+        landmarks : array-like of shape (n, L, 2)
+            True ``(x, y)`` in each image's pixels; NaN points are left out.
+
+        Returns
+        -------
+        float
+            Minus the mean radial error in pixels.
+        """
         return -mean_radial_error(self.predict(X), np.asarray(landmarks, dtype=np.float64))

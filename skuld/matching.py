@@ -20,19 +20,29 @@ from torch.nn import functional as F
 
 
 def rescale_points(points, from_shape, to_shape):
-    """Map ``(x, y)`` points from an image of shape ``from_shape = (H, W)`` to ``to_shape``.
+    """Map ``(x, y)`` points from an image of shape ``from_shape`` to one of shape ``to_shape``.
 
     Pixel areas are preserved (the convention of bilinear resizing with
-    ``align_corners=False``): ``x' = (x + 0.5) * W' / W - 0.5``.
+    ``align_corners=False``): ``x' = (x + 0.5) * W' / W - 0.5``, and the same for y.
 
     Parameters
     ----------
-    points : float array (..., 2) of (x, y)
-    from_shape, to_shape : (H, W) tuples
+    points : array-like of shape (..., 2)
+        ``(x, y)`` pixel coordinates in the source image (x = column, y = row).
+    from_shape, to_shape : tuple of int
+        ``(H, W)`` of the source and the target image.
 
     Returns
     -------
-    float64 array of the same shape.
+    ndarray of shape (..., 2), float64
+        The points in the target image's pixels.
+
+    Examples
+    --------
+    >>> from skuld.matching import rescale_points
+    >>> rescale_points([[0.0, 0.0], [99.0, 49.0]], (50, 100), (100, 200))
+    array([[  0.5,   0.5],
+           [198.5,  98.5]])
     """
     p = np.asarray(points, dtype=np.float64)
     sx = to_shape[1] / from_shape[1]
@@ -44,7 +54,28 @@ def rescale_points(points, from_shape, to_shape):
 
 
 def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps over ``[-ceil(3 sigma), ceil(3 sigma)]``."""
+    """Normalised 1-D Gaussian taps over ``[-ceil(3 sigma), ceil(3 sigma)]`` (at least 3 taps).
+
+    Parameters
+    ----------
+    sigma : float
+        Standard deviation in pixels, > 0.
+    device : torch.device or str, optional
+        Where the taps are created.
+    dtype : torch.dtype, default torch.float32
+
+    Returns
+    -------
+    Tensor of shape (2 * ceil(3 sigma) + 1,)
+        Non-negative taps summing to 1.
+
+    Examples
+    --------
+    >>> from skuld.matching import gaussian_kernel1d
+    >>> k = gaussian_kernel1d(1.0)
+    >>> k.shape, round(float(k.sum()), 6)
+    (torch.Size([7]), 1.0)
+    """
     radius = max(1, math.ceil(3 * sigma))
     x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
@@ -52,10 +83,31 @@ def gaussian_kernel1d(sigma: float, device=None, dtype=torch.float32) -> torch.T
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``(C, H, W)`` or ``(N, C, H, W)`` maps (reflect borders).
+    """Separable Gaussian smoothing of feature maps (reflected borders).
 
-    ``sigma`` in pixels; 0 returns ``x`` unchanged. This is the paper's "center-sensitive
-    averaging": each output pixel is a Gaussian-weighted mean of its neighbourhood.
+    This is the paper's "center-sensitive averaging": each output pixel is a
+    Gaussian-weighted mean of its neighbourhood.
+
+    Parameters
+    ----------
+    x : Tensor of shape (C, H, W) or (N, C, H, W)
+        Maps to smooth, any float dtype.
+    sigma : float
+        Standard deviation in pixels; 0 returns ``x`` unchanged.
+
+    Returns
+    -------
+    Tensor
+        Same shape, dtype and device as ``x``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.matching import gaussian_blur
+    >>> x = torch.zeros(1, 9, 9); x[0, 4, 4] = 1.0
+    >>> y = gaussian_blur(x, 1.0)
+    >>> y.shape, round(float(y.sum()), 4), bool(y[0, 4, 4] == y.max())
+    (torch.Size([1, 9, 9]), 1.0, True)
     """
     if sigma <= 0:
         return x
@@ -81,9 +133,29 @@ def _grid(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def sample_points(feature: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of a ``(C, H, W)`` map at ``(L, 2)`` (x, y) points -> ``(L, C)``.
+    """Bilinear values of a feature map at sub-pixel ``(x, y)`` points.
 
     Points outside the map take the value of the nearest border pixel.
+
+    Parameters
+    ----------
+    feature : Tensor of shape (C, H, W)
+    points : Tensor of shape (L, 2)
+        ``(x, y)`` pixel coordinates (pixel centres on integers).
+
+    Returns
+    -------
+    Tensor of shape (L, C)
+        Same dtype as ``feature``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.matching import sample_points
+    >>> ramp = torch.arange(4.0).repeat(3, 1)[None]       # (1, 3, 4): value = x
+    >>> sample_points(ramp, torch.tensor([[1.5, 1.0], [9.0, 0.0]]))
+    tensor([[1.5000],
+            [3.0000]])
     """
     c, h, w = feature.shape
     grid = _grid(points.to(feature.dtype), h, w).view(1, 1, -1, 2)
@@ -92,12 +164,36 @@ def sample_points(feature: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def sample_patches(image: torch.Tensor, centers: torch.Tensor, size: int, linear: torch.Tensor | None = None) -> torch.Tensor:
-    """Square patches of side ``size`` centred on ``(L, 2)`` (x, y) points -> ``(L, C, size, size)``.
+    """Square patches centred on ``(x, y)`` points, optionally seen through a linear warp.
 
     Patch pixel ``(i, j)`` is the image at ``center + linear @ (j - c, i - c)`` with
-    ``c = (size - 1) / 2``: ``linear`` (2 x 2, default identity) resamples the neighbourhood
-    through a rotation/scaling, which lets a template patch be seen in another image's
-    geometry. Outside the image the border pixel is repeated.
+    ``c = (size - 1) / 2``: ``linear`` (default identity) resamples the neighbourhood through a
+    rotation/scaling, which lets a template patch be seen in another image's geometry.
+    Outside the image the border pixel is repeated.
+
+    Parameters
+    ----------
+    image : Tensor of shape (C, H, W)
+    centers : Tensor of shape (L, 2)
+        ``(x, y)`` patch centres in pixels.
+    size : int
+        Side of the patches.
+    linear : Tensor of shape (2, 2), optional
+        Maps patch offsets ``(dx, dy)`` to image offsets.
+
+    Returns
+    -------
+    Tensor of shape (L, C, size, size)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.matching import sample_patches
+    >>> img = torch.arange(25.0).view(1, 5, 5)
+    >>> sample_patches(img, torch.tensor([[2.0, 2.0]]), 3)[0, 0]
+    tensor([[ 6.,  7.,  8.],
+            [11., 12., 13.],
+            [16., 17., 18.]])
     """
     c, h, w = image.shape
     centers = centers.to(image.dtype)
@@ -117,16 +213,28 @@ def ncc_maps(regions: torch.Tensor, templates: torch.Tensor, eps: float = 1e-6) 
 
     Parameters
     ----------
-    regions : (L, C, S, S) tensor
+    regions : Tensor of shape (L, C, S, S)
         Search regions.
-    templates : (L, C, P, P) tensor, P <= S
+    templates : Tensor of shape (L, C, P, P), P <= S
         One template per region.
+    eps : float, default 1e-6
+        Windows or templates with a smaller standard deviation count as flat.
 
     Returns
     -------
-    (L, S - P + 1, S - P + 1) tensor in [-1, 1]: entry ``(l, i, j)`` is the Pearson
-    correlation between ``templates[l]`` and ``regions[l, :, i:i+P, j:j+P]`` (over all
-    channels). Flat windows or templates score 0.
+    Tensor of shape (L, S - P + 1, S - P + 1), values in [-1, 1]
+        Entry ``(l, i, j)`` is the Pearson correlation between ``templates[l]`` and
+        ``regions[l, :, i:i+P, j:j+P]`` (over all channels). Flat windows or templates score 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.matching import ncc_maps
+    >>> region = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    >>> template = region[:, :, 5:10, 3:8]                 # cut at row 5, column 3
+    >>> scores = ncc_maps(region, template)                # (1, 12, 12)
+    >>> divmod(int(scores.flatten().argmax()), 12), round(float(scores.max()), 4)
+    ((5, 3), 1.0)
     """
     n, c, s, _ = regions.shape
     p = templates.shape[-1]
@@ -153,10 +261,29 @@ def _box_sums(x: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def subpixel_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Peak of each ``(L, H, W)`` score map with a parabola fitted along x and y around it.
+    """Peak of each score map, refined by a parabola fitted along x and y around it.
 
-    Returns ``(points, values)``: ``(L, 2)`` float (x, y) of the peaks (offsets clipped to
-    half a pixel) and ``(L,)`` the maximal scores. Maps may contain ``-inf`` (excluded cells).
+    Parameters
+    ----------
+    scores : Tensor of shape (L, H, W)
+        Score maps; ``-inf`` marks excluded cells.
+
+    Returns
+    -------
+    points : Tensor of shape (L, 2)
+        ``(x, y)`` of the peaks (sub-pixel offsets clipped to half a pixel).
+    values : Tensor of shape (L,)
+        The maximal scores.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.matching import subpixel_argmax
+    >>> x = torch.arange(9.0)
+    >>> scores = -((x - 4.3) ** 2)[None, None, :].repeat(1, 3, 1)   # peak at x = 4.3; flat in y: first row
+    >>> points, values = subpixel_argmax(scores)
+    >>> [round(v, 3) for v in points[0].tolist()]
+    [4.3, 0.0]
     """
     n, h, w = scores.shape
     flat = scores.reshape(n, -1)
@@ -181,17 +308,57 @@ def subpixel_argmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def apply_transform(points, transform):
-    """``points @ A.T + t`` for ``(..., 2)`` points and a transform ``(A, t)``."""
+    """Apply a 2-D transform ``(A, t)`` to row points: ``points @ A.T + t``.
+
+    Parameters
+    ----------
+    points : array-like of shape (..., 2)
+        ``(x, y)`` points.
+    transform : tuple (A, t)
+        ``A`` of shape (2, 2), ``t`` of shape (2,).
+
+    Returns
+    -------
+    ndarray of shape (..., 2), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.matching import apply_transform
+    >>> apply_transform([[1.0, 0.0]], (np.array([[0.0, -1.0], [1.0, 0.0]]), np.array([10.0, 0.0])))
+    array([[10.,  1.]])
+    """
     a, t = transform
     return np.asarray(points, dtype=np.float64) @ np.asarray(a).T + np.asarray(t)
 
 
 def fit_transform(src, dst, weights=None, kind: str = "similarity"):
-    """Least-squares 2-D transform mapping ``src`` onto ``dst`` (``(L, 2)`` each).
+    """Least-squares 2-D transform mapping ``src`` onto ``dst``.
 
-    ``kind``: "translation", "similarity" (rotation, uniform scale, translation; Umeyama's
-    closed form) or "affine". ``weights`` (L,) are non-negative point weights. Returns
-    ``(A, t)``.
+    Parameters
+    ----------
+    src, dst : array-like of shape (L, 2)
+        Corresponding ``(x, y)`` points.
+    weights : array-like of shape (L,), optional
+        Non-negative point weights (at least one positive).
+    kind : {"translation", "similarity", "affine"}, default "similarity"
+        "similarity" is rotation, uniform scale and translation (Umeyama's closed form);
+        a degenerate affine problem falls back to it.
+
+    Returns
+    -------
+    tuple (A, t)
+        ``A`` float64 (2, 2), ``t`` float64 (2,), such that ``dst ~ src @ A.T + t``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.matching import fit_transform
+    >>> src = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> A, t = fit_transform(src, 2 * src + [3.0, 4.0])
+    >>> np.round(A, 6), np.round(t, 6)
+    (array([[2., 0.],
+           [0., 2.]]), array([3., 4.]))
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
@@ -222,12 +389,38 @@ def fit_transform(src, dst, weights=None, kind: str = "similarity"):
 
 
 def robust_transform(src, dst, threshold: float, weights=None, kind: str = "similarity"):
-    """Fit ``src -> dst`` ignoring outliers: exhaustive two-point similarity hypotheses.
+    """Fit ``src -> dst`` while ignoring outliers: exhaustive two-point similarity hypotheses.
 
     Every pair of points proposes a similarity transform; the one whose inliers (residual
-    below ``threshold``) carry the largest total weight wins and is refitted (as ``kind``)
-    on its inliers. Deterministic. Returns ``((A, t), inliers)`` with ``inliers`` a boolean
-    ``(L,)`` array.
+    below ``threshold``) carry the largest total weight wins and is refitted (as ``kind``) on
+    its inliers, then once more on the refined transform's inliers. Deterministic.
+
+    Parameters
+    ----------
+    src, dst : array-like of shape (L, 2)
+        Corresponding ``(x, y)`` points.
+    threshold : float
+        Inlier residual in pixels.
+    weights : array-like of shape (L,), optional
+        Non-negative point weights.
+    kind : {"translation", "similarity", "affine"}, default "similarity"
+
+    Returns
+    -------
+    transform : tuple (A, t)
+        As returned by :func:`fit_transform`.
+    inliers : ndarray of shape (L,), bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.matching import robust_transform
+    >>> src = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    >>> dst = src + 5.0
+    >>> dst[3] = [100.0, -40.0]                            # one wrong correspondence
+    >>> (A, t), inliers = robust_transform(src, dst, threshold=2.0)
+    >>> inliers, np.round(t, 6)
+    (array([ True,  True,  True, False]), array([5., 5.]))
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)

@@ -19,10 +19,27 @@ def _pair(pred, true):
 
 
 def radial_errors(pred, true, spacing: float | Sequence[float] | None = None) -> np.ndarray:
-    """Euclidean distance between each predicted and true point, shape ``(..., L)``.
+    """Euclidean distance between each predicted and true landmark.
 
-    ``spacing``: pixel size (a number, or (x, y) sizes) to get millimetres instead of pixels.
-    NaN where either point is missing.
+    Parameters
+    ----------
+    pred, true : array-like of shape (..., L, 2)
+        ``(x, y)`` pixel coordinates; NaN marks a missing point.
+    spacing : float or (float, float), optional
+        Pixel size (one number, or the x and y sizes) to get millimetres instead of pixels.
+
+    Returns
+    -------
+    ndarray of shape (..., L), float64
+        NaN where either point is missing.
+
+    Examples
+    --------
+    >>> from skuld.metrics import radial_errors
+    >>> radial_errors([[0, 0], [3, 4]], [[0, 1], [0, 0]])
+    array([1., 5.])
+    >>> radial_errors([[3, 4]], [[0, 0]], spacing=0.1)
+    array([0.5])
     """
     p, t = _pair(pred, true)
     d = p - t
@@ -32,7 +49,27 @@ def radial_errors(pred, true, spacing: float | Sequence[float] | None = None) ->
 
 
 def mean_radial_error(pred, true, spacing=None) -> float:
-    """Mean radial error over every non-missing point (pixels, or mm with ``spacing``)."""
+    """Mean radial error over every non-missing point.
+
+    Parameters
+    ----------
+    pred, true : array-like of shape (..., L, 2)
+        ``(x, y)`` pixel coordinates; NaN marks a missing point.
+    spacing : float or (float, float), optional
+        Pixel size, for millimetres.
+
+    Returns
+    -------
+    float
+        In pixels, or millimetres with ``spacing``. Raises ``ValueError`` if every point is missing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.metrics import mean_radial_error
+    >>> mean_radial_error([[0, 0], [3, 4]], [[0, 1], [np.nan, np.nan]])
+    1.0
+    """
     e = radial_errors(pred, true, spacing)
     if np.isnan(e).all():
         raise ValueError("every landmark is missing (NaN)")
@@ -40,7 +77,28 @@ def mean_radial_error(pred, true, spacing=None) -> float:
 
 
 def successful_detection_rate(pred, true, radii=(20, 25, 30, 40), spacing=None) -> dict[float, float]:
-    """Fraction of non-missing points whose radial error is at most each radius: ``{radius: rate}``."""
+    """Successful detection rate: fraction of points found within each radius.
+
+    Parameters
+    ----------
+    pred, true : array-like of shape (..., L, 2)
+        ``(x, y)`` pixel coordinates; NaN marks a missing point (left out).
+    radii : sequence of float, default (20, 25, 30, 40)
+        In pixels, or millimetres with ``spacing``.
+    spacing : float or (float, float), optional
+        Pixel size.
+
+    Returns
+    -------
+    dict of {float: float}
+        ``{radius: rate}``, rates in [0, 1].
+
+    Examples
+    --------
+    >>> from skuld.metrics import successful_detection_rate
+    >>> successful_detection_rate([[0, 0], [30, 0]], [[0, 0], [0, 0]], radii=(20, 40))
+    {20.0: 0.5, 40.0: 1.0}
+    """
     e = radial_errors(pred, true, spacing)
     e = e[~np.isnan(e)]
     if e.size == 0:
@@ -51,10 +109,28 @@ def successful_detection_rate(pred, true, radii=(20, 25, 30, 40), spacing=None) 
 def dice(pred, true, mask=None) -> float:
     """Mean Dice coefficient over images.
 
-    ``pred``, ``true``: boolean masks ``(H, W)`` or ``(n, H, W)`` (or lists of masks of any
-    sizes). ``mask``: optional boolean region of the same shape(s), e.g. a fundus field of
-    view; only pixels inside it count. An image where both masks are empty (inside the
-    region) counts as 1.
+    An image where both masks are empty (inside the region) counts as 1.
+
+    Parameters
+    ----------
+    pred, true : array-like of shape (H, W) or (n, H, W), or lists of (H_i, W_i) masks
+        Boolean (or 0/1) masks of matching shapes.
+    mask : array-like or list, optional
+        Boolean regions of the same shape(s), e.g. a fundus field of view; only pixels inside
+        them count.
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.metrics import dice
+    >>> a = np.zeros((4, 4), bool); a[:2] = True              # 8 pixels
+    >>> b = np.zeros((4, 4), bool); b[:1] = True              # 4 pixels, all inside a
+    >>> round(dice(a, b), 4)
+    0.6667
     """
     if isinstance(pred, (list, tuple)):
         if len(pred) != len(true) or (mask is not None and len(mask) != len(pred)):
@@ -79,12 +155,31 @@ def dice(pred, true, mask=None) -> float:
 
 
 def class_dice(pred, true, classes, sample_weight=None, regions=None) -> float:
-    """Dice of each class in ``classes``, averaged per image, then over images.
+    """Dice of each class, averaged per image, then over images.
 
-    ``pred``, ``true``: label maps ``(n, H, W)`` or lists of ``(H_i, W_i)`` arrays;
-    ``classes``: the labels scored (usually every class but the background);
-    ``sample_weight``: optional weight per image in the final mean; ``regions``: optional
-    boolean masks like ``true``, only pixels inside them count.
+    Parameters
+    ----------
+    pred, true : array-like of shape (n, H, W), or lists of (H_i, W_i) label maps
+        Integer labels.
+    classes : sequence of int
+        The labels scored (usually every class but the background).
+    sample_weight : array-like of shape (n,), optional
+        Weight of each image in the final mean.
+    regions : list of boolean masks, optional
+        Shaped like ``true``; only pixels inside them count.
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.metrics import class_dice
+    >>> true = np.array([[[0, 1, 1, 2]]])                     # one 1 x 4 image
+    >>> pred = np.array([[[0, 1, 2, 2]]])
+    >>> round(class_dice(pred, true, classes=[1, 2]), 4)      # class 1: 2/3, class 2: 2/3
+    0.6667
     """
     if len(pred) != len(true) or (regions is not None and len(regions) != len(true)):
         raise ValueError(f"{len(pred)} predicted masks for {len(true)} true masks")

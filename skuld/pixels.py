@@ -107,7 +107,16 @@ class PixelSampler(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Check the parameters and record the feature depth; nothing is learned.
 
-        X : feature maps (n, H, W, D) or a list of (H_i, W_i, D) arrays.
+        Parameters
+        ----------
+        X : ndarray of shape (n, H, W, D), or list of (H_i, W_i, D) arrays
+            Feature maps (e.g. an encoder's ``transform`` output).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
         """
         self._validate_params()
         self.n_features_in_ = _as_maps(X)[0].shape[-1]
@@ -162,7 +171,19 @@ class PixelSampler(TransformerMixin, BaseEstimator):
         return rows, lab, where
 
     def transform(self, X, mask=None):
-        """Sampled rows (m, D) float32 of ``X``; see :meth:`sample`."""
+        """Sampled rows of ``X``; see :meth:`sample`.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, H, W, D), or list of (H_i, W_i, D) arrays
+            Feature maps (e.g. an encoder's ``transform`` output).
+        mask : boolean masks (n, H, W) or list of (H_i, W_i) arrays, optional
+            Only pixels where ``mask`` is True are drawn.
+
+        Returns
+        -------
+        ndarray of shape (m, D), float32
+        """
         check_is_fitted(self, "n_features_in_")
         return self.sample(X, mask=mask)[0]
 
@@ -190,6 +211,17 @@ class PixelClassifier(BaseEstimator):
     classes_ : ndarray, the labels seen in fit (``classes_[0]`` counts as background in
         :meth:`score`)
     n_features_in_ : int, D
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld import PixelClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> F = rng.normal(size=(2, 16, 16, 4)).astype(np.float32)   # feature maps (n, H, W, D)
+    >>> y = F[..., 0] > 0                                          # a label per pixel
+    >>> clf = PixelClassifier(n_pixels=200, random_state=0).fit(F, y)
+    >>> clf.predict(F).shape, clf.score(F, y) > 0.9                # masks (n, H, W); Dice
+    ((2, 16, 16), True)
     """
 
     _parameter_constraints = {  # noqa: RUF012 (scikit-learn's convention)
@@ -251,18 +283,53 @@ class PixelClassifier(BaseEstimator):
         return np.stack(outs) if isinstance(X, np.ndarray) and X.dtype != object else outs
 
     def predict_proba(self, X):
-        """Per-pixel class probabilities: (n, H, W, n_classes) float (a list for list input)."""
+        """Per-pixel class probabilities.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, H, W, D), or list of (H_i, W_i, D) arrays
+            Feature maps (e.g. an encoder's ``transform`` output).
+
+        Returns
+        -------
+        ndarray of shape (n, H, W, n_classes), float
+            Columns in the order of ``classes_`` (a list for list input).
+        """
         check_is_fitted(self, "estimator_")
         return self._rows_out(X, self.estimator_.predict_proba, len(self.classes_))
 
     def predict(self, X):
-        """Per-pixel labels (n, H, W) with values from ``classes_`` (a list for list input)."""
+        """Per-pixel labels.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, H, W, D), or list of (H_i, W_i, D) arrays
+            Feature maps (e.g. an encoder's ``transform`` output).
+
+        Returns
+        -------
+        ndarray of shape (n, H, W)
+            Values from ``classes_`` (a list of (H_i, W_i) arrays for list input).
+        """
         check_is_fitted(self, "estimator_")
         return self._rows_out(X, self.estimator_.predict, 0)
 
     def score(self, X, y, sample_weight=None):
-        """Mean Dice over images (weighted by ``sample_weight``, one weight per image) and over
-        the classes after ``classes_[0]`` (the background)."""
+        """Mean Dice over images and over the classes after ``classes_[0]`` (the background).
+
+        Parameters
+        ----------
+        X : ndarray of shape (n, H, W, D), or list of (H_i, W_i, D) arrays
+            Feature maps (e.g. an encoder's ``transform`` output).
+        y : ndarray of shape (n, H, W), or list of (H_i, W_i) arrays
+            True labels.
+        sample_weight : array-like of shape (n,), optional
+            One weight per image.
+
+        Returns
+        -------
+        float in [0, 1]
+        """
         truth = _per_image(y, _as_maps(X), "masks")
         return class_dice(self.predict(X), truth, self.classes_[1:], sample_weight)
 

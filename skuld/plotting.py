@@ -34,11 +34,32 @@ def _show_image(ax, image):
 
 
 def embedding_rgb(embeddings: np.ndarray, n_fit: int = 50_000, random_state: int = 0) -> np.ndarray:
-    """Per-pixel embeddings ``(H, W, D)`` -> RGB ``(H, W, 3)`` float in [0, 1].
+    """Colour every pixel by its embedding: the first three principal components as RGB.
 
-    The first three principal components of the embeddings (fitted on at most ``n_fit``
-    random pixels), each stretched to its 1st-99th percentile range: pixels with similar
+    Each component is stretched to its 1st-99th percentile range, so pixels with similar
     embeddings get similar colours.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (H, W, D)
+        One image's output of ``LocalDiscriminativeEncoder.transform``.
+    n_fit : int, default 50000
+        The components are fitted on at most this many random pixels.
+    random_state : int, default 0
+        Seeds that pixel sample.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), float in [0, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import embedding_rgb
+    >>> E = np.random.default_rng(0).normal(size=(32, 48, 16)).astype(np.float32)
+    >>> rgb = embedding_rgb(E)
+    >>> rgb.shape, bool(rgb.min() >= 0 and rgb.max() <= 1)
+    ((32, 48, 3), True)
     """
     e = np.asarray(embeddings, dtype=np.float32)
     if e.ndim != 3:
@@ -58,7 +79,27 @@ def embedding_rgb(embeddings: np.ndarray, n_fit: int = 50_000, random_state: int
 
 
 def plot_embedding(embeddings: np.ndarray, ax=None, title: str | None = "embeddings (PCA as RGB)"):
-    """Show :func:`embedding_rgb` of ``(H, W, D)`` embeddings; returns the Axes."""
+    """Show :func:`embedding_rgb` of one image's embeddings.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (H, W, D)
+    ax : matplotlib Axes, optional
+        Where to draw (a new figure when None).
+    title : str or None, default "embeddings (PCA as RGB)"
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import plot_embedding
+    >>> ax = plot_embedding(np.random.default_rng(0).normal(size=(32, 32, 8)))
+    >>> ax.get_title()
+    'embeddings (PCA as RGB)'
+    """
     ax = _axes(ax)
     ax.imshow(embedding_rgb(embeddings))
     ax.set_axis_off()
@@ -68,7 +109,32 @@ def plot_embedding(embeddings: np.ndarray, ax=None, title: str | None = "embeddi
 
 
 def plot_clusters(image: np.ndarray, labels: np.ndarray, ax=None, alpha: float = 0.5, legend: bool = True):
-    """Cluster labels ``(H, W)`` (from ``predict``) coloured over the image; returns the Axes."""
+    """Cluster labels coloured over the image, with a legend of each cluster's area.
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W) or (H, W, 3)
+    labels : array-like of shape (H, W), int
+        E.g. one image of ``LocalDiscriminativeEncoder.predict``.
+    ax : matplotlib Axes, optional
+    alpha : float, default 0.5
+        Opacity of the colours.
+    legend : bool, default True
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import plot_clusters
+    >>> image = np.zeros((20, 30), np.uint8)
+    >>> labels = np.repeat([0, 1, 2], 10)[None].repeat(20, axis=0)      # three vertical bands
+    >>> ax = plot_clusters(image, labels)
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['0: 33 %', '1: 33 %', '2: 33 %']
+    """
     ax = _axes(ax)
     labels = np.asarray(labels)
     if labels.shape != np.asarray(image).shape[:2]:
@@ -87,16 +153,61 @@ def plot_clusters(image: np.ndarray, labels: np.ndarray, ax=None, alpha: float =
 
 
 def similarity_map(embeddings: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Cosine similarity ``(H, W)`` of every pixel's unit embedding to a query vector ``(D,)``."""
+    """Cosine similarity of every pixel's unit embedding to a query vector.
+
+    Parameters
+    ----------
+    embeddings : array-like of shape (H, W, D)
+        Unit vectors (``transform``'s output).
+    query : array-like of shape (D,)
+        Any non-zero vector (normalised here).
+
+    Returns
+    -------
+    ndarray of shape (H, W), float32, in [-1, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import similarity_map
+    >>> E = np.zeros((2, 2, 3), np.float32); E[..., 0] = 1; E[1, 1] = [0, 1, 0]
+    >>> similarity_map(E, [2.0, 0.0, 0.0])
+    array([[1., 1.],
+           [1., 0.]], dtype=float32)
+    """
     q = np.asarray(query, dtype=np.float32)
     return np.asarray(embeddings, dtype=np.float32) @ (q / np.linalg.norm(q))
 
 
 def plot_similarity(image: np.ndarray, embeddings: np.ndarray, query: np.ndarray | tuple, ax=None,
                     alpha: float = 0.6, cmap: str = "viridis", colorbar: bool = True):
-    """Heatmap of the similarity of every pixel to a query, over the image; returns the Axes.
+    """Heatmap of every pixel's similarity to a query, over the image.
 
-    ``query`` is a vector ``(D,)`` or a pixel ``(row, col)`` of this image (then marked).
+    Parameters
+    ----------
+    image : array-like of shape (H, W) or (H, W, 3)
+    embeddings : array-like of shape (H, W, D)
+        This image's embeddings.
+    query : array-like of shape (D,), or tuple (row, col)
+        A vector, or a pixel of this image (then marked with a red circle).
+    ax : matplotlib Axes, optional
+    alpha : float, default 0.6
+    cmap : str, default "viridis"
+    colorbar : bool, default True
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import plot_similarity
+    >>> E = np.random.default_rng(0).normal(size=(32, 32, 8))
+    >>> E /= np.linalg.norm(E, axis=-1, keepdims=True)
+    >>> ax = plot_similarity(np.zeros((32, 32)), E, query=(10, 20))      # (row, col)
+    >>> len(ax.images)                                                   # image and heatmap
+    2
     """
     ax = _axes(ax)
     marked = None
@@ -115,11 +226,34 @@ def plot_similarity(image: np.ndarray, embeddings: np.ndarray, query: np.ndarray
 
 def plot_landmarks(image: np.ndarray, predicted: np.ndarray, true: np.ndarray | None = None, ax=None,
                    radius: float | None = None, labels: bool = True):
-    """Predicted (and true) landmarks, ``(L, 2)`` arrays of (x, y), over the image.
+    """Predicted (and true) landmarks over the image.
 
-    With ``true``, a line joins each prediction to its truth; with ``radius`` (pixels), a
-    circle of that radius around each true point shows the tolerance (e.g. 20 px for SDR@20).
-    Returns the Axes.
+    With ``true``, a line joins each prediction to its truth; with ``radius``, a circle of
+    that radius around each true point shows the tolerance (e.g. 20 px for SDR@20).
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W) or (H, W, 3)
+    predicted : array-like of shape (L, 2)
+        ``(x, y)`` pixel coordinates (x = column, y = row).
+    true : array-like of shape (L, 2), optional
+    ax : matplotlib Axes, optional
+    radius : float, optional
+        In pixels.
+    labels : bool, default True
+        Number the predicted points 1..L.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import plot_landmarks
+    >>> ax = plot_landmarks(np.zeros((64, 64)), [[10, 20], [40, 30]], true=[[12, 20], [40, 35]], radius=5)
+    >>> len(ax.patches)                                                  # one circle per true point
+    2
     """
     ax = _axes(ax)
     _show_image(ax, image)
@@ -146,13 +280,37 @@ def plot_landmarks(image: np.ndarray, predicted: np.ndarray, true: np.ndarray | 
 
 def plot_landmark_similarity(image: np.ndarray, similarity: np.ndarray, landmark: int, predicted=None, ax=None,
                              alpha: float = 0.6, cmap: str = "viridis", colorbar: bool = True):
-    """One landmark's similarity map over the image; returns the Axes.
+    """One landmark's similarity map over the image.
 
-    ``similarity``: the ``(L, h, w)`` maps of one image from
-    ``OneShotLandmarkLocator.predict(X, return_similarity=True)``, at the working resolution;
-    they are stretched over the image's full extent (pixel edges aligned, the convention of
-    :func:`skuld.matching.rescale_points`). ``predicted``: the ``(L, 2)`` (x, y) landmarks
-    of this image, to mark landmark ``landmark`` (0-based).
+    The maps are at the locator's working resolution; they are stretched over the image's
+    full extent (pixel edges aligned, the convention of :func:`skuld.matching.rescale_points`).
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W) or (H, W, 3)
+    similarity : array-like of shape (L, h, w)
+        One image's maps from ``OneShotLandmarkLocator.predict(X, return_similarity=True)``.
+    landmark : int
+        Which landmark (0-based).
+    predicted : array-like of shape (L, 2), optional
+        This image's ``(x, y)`` landmarks, to mark landmark ``landmark``.
+    ax : matplotlib Axes, optional
+    alpha : float, default 0.6
+    cmap : str, default "viridis"
+    colorbar : bool, default True
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import plot_landmark_similarity
+    >>> maps = np.random.default_rng(0).uniform(-1, 1, size=(3, 16, 16))
+    >>> ax = plot_landmark_similarity(np.zeros((64, 64)), maps, landmark=1, predicted=np.full((3, 2), 30.0))
+    >>> ax.get_title(), ax.images[1].get_extent()
+    ('landmark 2', [-0.5, 63.5, 63.5, -0.5])
     """
     ax = _axes(ax)
     _show_image(ax, image)
@@ -168,12 +326,35 @@ def plot_landmark_similarity(image: np.ndarray, similarity: np.ndarray, landmark
 
 
 def plot_retrieval(images, locations: np.ndarray, query_image=None, query_pixel=None, size: int = 96, n_cols: int = 5):
-    """Thumbnails around the retrieved pixels, each hit marked; returns the Figure.
+    """Thumbnails around the retrieved pixels, each hit marked with a red cross.
 
-    ``images`` are the indexed images (a list or array, indexed by image number);
-    ``locations`` is one query's ``(k, 3)`` rows of (image, row, col) from
-    ``PixelIndex.kneighbors`` (rows of -1 are skipped). The query's own crop comes first
-    when ``query_image`` and ``query_pixel`` (row, col) are given.
+    Parameters
+    ----------
+    images : sequence of images, or array of shape (n, H, W[, 3])
+        The indexed images, indexed by image number.
+    locations : array-like of shape (k, 3)
+        One query's ``(image, row, col)`` rows from ``PixelIndex.kneighbors`` (rows of -1 are
+        skipped).
+    query_image : array-like of shape (H, W) or (H, W, 3), optional
+    query_pixel : tuple (row, col), optional
+        With ``query_image``, the query's own crop comes first.
+    size : int, default 96
+        Side of each thumbnail in pixels.
+    n_cols : int, default 5
+
+    Returns
+    -------
+    matplotlib Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.plotting import plot_retrieval
+    >>> images = np.zeros((3, 64, 64), np.uint8)
+    >>> fig = plot_retrieval(images, [[2, 10, 10], [0, 30, 40], [-1, -1, -1]],
+    ...                      query_image=images[1], query_pixel=(32, 32), n_cols=3)
+    >>> [ax.get_title() for ax in fig.axes]
+    ['query', '#1: image 2', '#2: image 0']
     """
     plt = _plt()
     locs = [tuple(int(v) for v in loc) for loc in np.asarray(locations).reshape(-1, 3) if loc[0] >= 0]
@@ -209,8 +390,32 @@ def _trailing_mean(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def plot_loss(history, ax=None, terms=("loss", "patch", "mixup", "region", "entropy"), smooth: int = 10):
-    """Training curves from ``loss_history_`` (a trailing mean over ``smooth`` steps), with
-    the PD -> LD stage change marked; returns the Axes."""
+    """Training curves from a fitted estimator's ``loss_history_``, smoothed.
+
+    The PD -> LD stage change is marked with a dashed line.
+
+    Parameters
+    ----------
+    history : list of dict
+        ``loss_history_``: one dict per step with ``"step"``, ``"stage"`` and loss terms.
+    ax : matplotlib Axes, optional
+    terms : sequence of str, default ("loss", "patch", "mixup", "region", "entropy")
+        Terms to draw (absent ones are skipped).
+    smooth : int, default 10
+        Trailing mean over this many steps.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> from skuld.plotting import plot_loss
+    >>> history = [{"step": s, "stage": "pd" if s < 5 else "ld", "loss": 5.0 - 0.1 * s} for s in range(10)]
+    >>> ax = plot_loss(history, smooth=3)
+    >>> [line.get_label() for line in ax.get_lines()][:1]
+    ['loss']
+    """
     ax = _axes(ax)
     if not history:
         raise ValueError("the loss history is empty: fit the estimator first")

@@ -17,19 +17,29 @@ def ridge_strength(image, sigmas=(1.0, 1.5, 2.0, 3.0), polarity: str = "dark") -
 
     Parameters
     ----------
-    image : array (H, W) or (H, W, 3)
+    image : array-like of shape (H, W) or (H, W, 3)
         uint8/uint16/bool or float in [0, 1]. Colour images use their green channel (the
         channel of best vessel contrast in fundus photographs).
-    sigmas : sequence of float
+    sigmas : sequence of float, default (1.0, 1.5, 2.0, 3.0)
         Gaussian scales in pixels; a tube of width ``w`` answers most at about ``w / 2``.
-    polarity : {"dark", "bright"}
+    polarity : {"dark", "bright"}, default "dark"
         Whether the structures are darker (fundus vessels) or brighter than around them.
 
     Returns
     -------
-    float32 array (H, W), >= 0: ``max over sigma of sigma^2 * max(lambda, 0)`` where
-    ``lambda`` is the Hessian eigenvalue across the ridge (sign flipped for bright ones),
-    after contrast-limited histogram equalisation (CLAHE, clip 0.01).
+    ndarray of shape (H, W), float32, >= 0
+        ``max over sigma of sigma^2 * max(lambda, 0)`` where ``lambda`` is the Hessian
+        eigenvalue across the ridge (sign flipped for bright ones), computed after
+        contrast-limited histogram equalisation (CLAHE, clip 0.01). A flat image gives zeros.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.ridges import ridge_strength
+    >>> img = np.full((32, 32), 200, np.uint8); img[:, 15:18] = 60      # a dark vertical line
+    >>> v = ridge_strength(img)
+    >>> v.shape, v.dtype, int(v.mean(axis=0).argmax())
+    ((32, 32), dtype('float32'), 16)
     """
     from skimage import exposure, feature
 
@@ -52,9 +62,29 @@ def ridge_strength(image, sigmas=(1.0, 1.5, 2.0, 3.0), polarity: str = "dark") -
 
 
 def ridge_segmentation(image, region=None, sigmas=(1.0, 1.5, 2.0, 3.0), polarity: str = "dark") -> np.ndarray:
-    """Thin structures by :func:`ridge_strength` and a triangle threshold inside ``region``.
+    """Thin structures found by :func:`ridge_strength` and a triangle threshold.
 
-    ``region``: bool (H, W) where to look (default: everything). Returns bool (H, W).
+    Parameters
+    ----------
+    image : array-like of shape (H, W) or (H, W, 3)
+        As for :func:`ridge_strength`.
+    region : array-like of shape (H, W), bool, optional
+        Where to look, e.g. a field of view (default: everywhere). The threshold is computed
+        inside it and nothing outside it is marked.
+    sigmas : sequence of float, default (1.0, 1.5, 2.0, 3.0)
+    polarity : {"dark", "bright"}, default "dark"
+
+    Returns
+    -------
+    ndarray of shape (H, W), bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.ridges import ridge_segmentation
+    >>> img = np.full((48, 48), 0.7); img[:, 22:26] = 0.3      # a dark band, columns 22-25
+    >>> np.flatnonzero(ridge_segmentation(img)[24])           # columns marked in row 24
+    array([21, 22, 23, 24, 25, 26])
     """
     from skimage import filters
 
@@ -67,14 +97,42 @@ def ridge_segmentation(image, region=None, sigmas=(1.0, 1.5, 2.0, 3.0), polarity
 
 def ridge_pseudo_labels(image, region, sigmas=(1.0, 1.5, 2.0, 3.0), polarity: str = "dark", sure: float = 1.0,
                         unsure_value: int = 255, fraction_range: tuple[float, float] | None = None) -> np.ndarray:
-    """Pseudo-labels from the ridge strength: uint8 (H, W) with 1 (structure), 0 (background)
-    and ``unsure_value``.
+    """Pseudo-labels from the ridge strength, with an "unsure" band around the threshold.
 
     With ``t`` the triangle threshold of the strength inside ``region``: structure where the
-    strength exceeds ``t * sure``, background below ``t / sure``, unsure in between (``sure=1``
-    labels every pixel). Outside ``region`` is background. ``fraction_range=(low, high)``
-    moves ``t`` where needed so that the fraction of ``region`` above it stays within that
-    range (the triangle threshold fails on noise-dominated images).
+    strength exceeds ``t * sure``, background below ``t / sure``, unsure in between
+    (``sure=1`` labels every pixel). Outside ``region`` is background.
+
+    Parameters
+    ----------
+    image : array-like of shape (H, W) or (H, W, 3)
+        As for :func:`ridge_strength`.
+    region : array-like of shape (H, W), bool
+        Where to label (e.g. the field of view).
+    sigmas : sequence of float, default (1.0, 1.5, 2.0, 3.0)
+    polarity : {"dark", "bright"}, default "dark"
+    sure : float >= 1, default 1.0
+        Width of the unsure band, as a factor around ``t``.
+    unsure_value : int, default 255
+        Label of unsure pixels (use it as a segmenter's ``ignore_label``).
+    fraction_range : (float, float), optional
+        ``(low, high)``: ``t`` is moved where needed so that the fraction of ``region`` above
+        it stays within that range (the triangle threshold fails on noise-dominated images).
+
+    Returns
+    -------
+    ndarray of shape (H, W), uint8
+        1 (structure), 0 (background) or ``unsure_value``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.ridges import ridge_pseudo_labels
+    >>> img = np.full((48, 48), 0.7); img[:, 22:26] = 0.3      # a dark band, columns 22-25
+    >>> region = np.ones((48, 48), bool); region[:, 40:] = False
+    >>> labels = ridge_pseudo_labels(img, region, sure=1.5)
+    >>> labels.dtype, labels[24, 18:30]
+    (dtype('uint8'), array([0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=uint8))
     """
     from skimage import filters
 

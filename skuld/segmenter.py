@@ -514,6 +514,10 @@ class TransferSegmenter(BaseEstimator):
     def predict(self, X):
         """The most probable class of every pixel.
 
+        Parameters
+        ----------
+        X : images, as in :meth:`fit`, with the channel count of the fitted model.
+
         Returns
         -------
         masks : array (n, H, W) (a list of (H_i, W_i) arrays for list input) with values from

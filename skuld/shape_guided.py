@@ -165,7 +165,8 @@ class ShapeGuidedSegmenter(BaseEstimator):
     >>> from skuld.datasets import load_cxr_tiny
     >>> data = load_cxr_tiny()                     # 4 X-rays (512, 512) uint8 and lung masks
     >>> seg = ShapeGuidedSegmenter(max_iter=4, refine_iter=2, image_size=128, crop_size=64,
-    ...                            rotation=0, random_state=0)
+    ...                            rotation=0, random_state=0)  # 4 steps: a ClusterCollapseWarning says
+    ...                                                         # that nothing was learned yet
     >>> seg.fit(data.images[:3], shape_priors=[data.masks[3]]).predict(data.images[:1]).shape
     (1, 512, 512)
     """
@@ -574,9 +575,21 @@ class ShapeGuidedSegmenter(BaseEstimator):
         return mode
 
     def predict(self, X, mask=None, mode=None):
-        """Boolean masks of the structure, ``(n, H, W)`` (a list for list input), at each input's
-        resolution; False outside the field of view. ``mask`` and ``mode`` as in
-        :meth:`predict_proba`."""
+        """Boolean masks of the structure at each input's resolution.
+
+        Parameters
+        ----------
+        X : images, as in :meth:`fit`
+        mask : bool array (n, H, W) or list of (H_i, W_i), optional
+            Field of view, as in :meth:`predict_proba`.
+        mode : {"refined", "similarity", "cluster"} or None
+            Which model answers, as in :meth:`predict_proba`.
+
+        Returns
+        -------
+        ndarray of shape (n, H, W), bool
+            False outside the field of view (a list of (H_i, W_i) arrays for list input).
+        """
         proba = self.predict_proba(X, mask=mask, mode=mode)
         if isinstance(proba, list):
             return [p[..., 1] > 0.5 for p in proba]
@@ -631,6 +644,17 @@ def fundus_field_of_view(image, erosion: int = 3) -> np.ndarray:
     bool array (H, W): True inside the field of view. The largest connected region brighter
     than 15 % of the image's 99th-percentile intensity, with holes filled; the whole image
     when that region covers more than 98 % of it or less than 10 % (no black frame).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.shape_guided import fundus_field_of_view
+    >>> yy, xx = np.mgrid[:100, :120]
+    >>> photo = np.zeros((100, 120, 3), np.uint8)
+    >>> photo[(yy - 50) ** 2 + (xx - 60) ** 2 < 45 ** 2] = (180, 90, 40)   # a disc in a black frame
+    >>> fov = fundus_field_of_view(photo, erosion=0)
+    >>> fov.shape, bool(fov[50, 60]), bool(fov[2, 2])
+    ((100, 120), True, False)
     """
     from scipy import ndimage as ndi
 

@@ -16,11 +16,31 @@ _EPS = 1e-12
 
 
 def patch_weights(cell: int, sigma: float | None, device=None) -> torch.Tensor:
-    """Pixel weights inside one patch cell, shape ``(cell, cell)``, summing to 1.
+    """Pixel weights inside one square patch cell, summing to 1.
 
-    ``sigma=None`` gives the flat average of the paper's patch discrimination. A float gives
-    the "center-sensitive" Gaussian weighting centred on the cell, with standard deviation
-    ``sigma * cell`` pixels, so that a patch feature is dominated by its centre.
+    Parameters
+    ----------
+    cell : int
+        Side of the cell in pixels, >= 1.
+    sigma : float or None
+        None gives the flat average of the paper's patch discrimination. A float gives the
+        "center-sensitive" Gaussian weighting centred on the cell, with standard deviation
+        ``sigma * cell`` pixels, so that a patch feature is dominated by its centre.
+    device : torch.device or str, optional
+
+    Returns
+    -------
+    Tensor of shape (cell, cell), float32
+
+    Examples
+    --------
+    >>> from skuld.nn.losses import patch_weights
+    >>> patch_weights(2, None)
+    tensor([[0.2500, 0.2500],
+            [0.2500, 0.2500]])
+    >>> w = patch_weights(5, 0.25)
+    >>> bool(w[2, 2] == w.max()), round(float(w.sum()), 6)
+    (True, 1.0)
     """
     if cell < 1:
         raise ValueError(f"patch cell size must be >= 1 pixel, got {cell}")
@@ -42,14 +62,24 @@ def patch_features(z: torch.Tensor, grid: int = 8, sigma: float | None = None) -
     ----------
     z : Tensor of shape (N, D, H, W)
         Pixel embeddings; H and W must be multiples of ``grid``.
-    grid : int
+    grid : int, default 8
         Patches per side (8 in the paper: 56 px patches at 448 px).
-    sigma : float or None
+    sigma : float or None, default None
         None for flat averaging, else Gaussian weighting (see :func:`patch_weights`).
 
     Returns
     -------
-    u : Tensor of shape (N, D, grid, grid), float32, unit L2 norm along D.
+    u : Tensor of shape (N, D, grid, grid), float32
+        Unit L2 norm along D.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import patch_features
+    >>> z = torch.nn.functional.normalize(torch.randn(2, 32, 64, 64), dim=1)
+    >>> u = patch_features(z, grid=8, sigma=0.25)
+    >>> u.shape, bool(torch.allclose(u.norm(dim=1), torch.ones(2, 8, 8)))
+    (torch.Size([2, 32, 8, 8]), True)
     """
     n, d, h, w = z.shape
     if h % grid or w % grid:
@@ -86,15 +116,25 @@ def instance_spreading_loss(anchors: torch.Tensor, positives: torch.Tensor, tau:
 
     Parameters
     ----------
-    anchors, positives : Tensor of shape (M, D)
+    anchors, positives : Tensor of shape (M, D), M >= 2
         Unit vectors; row m of ``anchors`` and row m of ``positives`` form a pair. Detach
         ``positives`` beforehand to make them fixed targets (hypersphere mixup).
-    tau : float
+    tau : float, default 0.1
         Temperature.
 
     Returns
     -------
-    loss : scalar Tensor, float32, >= 0.
+    loss : scalar Tensor, float32, >= 0
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import instance_spreading_loss
+    >>> v = torch.eye(4)                                    # 4 orthogonal unit vectors
+    >>> matched = instance_spreading_loss(v, v)             # every pair identical
+    >>> shuffled = instance_spreading_loss(v, v.roll(1, dims=0))
+    >>> bool(matched < 0.01 < shuffled)
+    True
     """
     if anchors.shape != positives.shape or anchors.ndim != 2:
         raise ValueError(
@@ -122,8 +162,26 @@ def instance_spreading_loss(anchors: torch.Tensor, positives: torch.Tensor, tau:
 def hypersphere_mixup_targets(u1: torch.Tensor, u2: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Detached targets of hypersphere mixup: ``normalise(lam * u1 + (1 - lam) * u2)``.
 
-    ``u1``, ``u2``: ``(B, D, g, g)`` patch features of the two mixed images; ``lam``: ``(B,)``.
-    Returns ``(B, D, g, g)`` unit vectors without gradient.
+    Parameters
+    ----------
+    u1, u2 : Tensor of shape (B, D, g, g)
+        Unit patch features of the two mixed images.
+    lam : Tensor of shape (B,)
+        Mixing weight of ``u1`` per image, in [0, 1].
+
+    Returns
+    -------
+    Tensor of shape (B, D, g, g)
+        Unit vectors along D, without gradient.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import hypersphere_mixup_targets
+    >>> u1 = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    >>> u2 = torch.tensor([0.0, 1.0]).view(1, 2, 1, 1)
+    >>> hypersphere_mixup_targets(u1, u2, torch.tensor([0.5])).flatten()
+    tensor([0.7071, 0.7071])
     """
     lam = lam.reshape(-1, 1, 1, 1).to(u1.dtype)
     return F.normalize(lam * u1 + (1 - lam) * u2, dim=1).detach()
@@ -138,11 +196,23 @@ def region_features(a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     a : Tensor of shape (N, K, H, W)
+        Cluster maps.
     z : Tensor of shape (N, D, H, W)
+        Pixel embeddings.
 
     Returns
     -------
-    r : Tensor of shape (N, K, D), float32, unit norm along D.
+    r : Tensor of shape (N, K, D), float32
+        Unit norm along D.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import region_features
+    >>> a = torch.softmax(torch.randn(2, 4, 16, 16), dim=1)
+    >>> z = torch.nn.functional.normalize(torch.randn(2, 8, 16, 16), dim=1)
+    >>> region_features(a, z).shape
+    torch.Size([2, 4, 8])
     """
     if a.shape[0] != z.shape[0] or a.shape[2:] != z.shape[2:]:
         raise ValueError(f"cluster maps {tuple(a.shape)} and embeddings {tuple(z.shape)} do not match")
@@ -164,7 +234,7 @@ def region_discrimination_loss(a: torch.Tensor, z: torch.Tensor, tau: float = 0.
         Cluster maps (sum to 1 along K).
     z : Tensor of shape (N, D, H, W)
         Unit pixel embeddings.
-    tau : float
+    tau : float, default 0.2
         Temperature (0.2 in the paper).
     gather : callable, optional
         Concatenates region features ``(N, K, D)`` from every process (distributed training),
@@ -172,7 +242,18 @@ def region_discrimination_loss(a: torch.Tensor, z: torch.Tensor, tau: float = 0.
 
     Returns
     -------
-    loss : scalar Tensor, float32, between ``log(1 + (K-1) e^{-2/tau})`` and ``log K + 2/tau``.
+    loss : scalar Tensor, float32
+        Between ``log(1 + (K-1) e^{-2/tau})`` and ``log K + 2/tau`` (:func:`region_loss_bounds`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import region_discrimination_loss, region_loss_bounds
+    >>> a = torch.softmax(torch.randn(2, 4, 16, 16), dim=1)
+    >>> z = torch.nn.functional.normalize(torch.randn(2, 8, 16, 16), dim=1)
+    >>> low, high = region_loss_bounds(4, 0.2)
+    >>> low <= float(region_discrimination_loss(a, z)) <= high
+    True
     """
     r = region_features(a, z)
     if gather is not None:
@@ -185,7 +266,25 @@ def region_discrimination_loss(a: torch.Tensor, z: torch.Tensor, tau: float = 0.
 
 
 def binary_entropy(a: torch.Tensor) -> torch.Tensor:
-    """Mean binary entropy in bits of every element of ``a`` (values in [0, 1]); in [0, 1]."""
+    """Mean binary entropy, in bits, of every element of ``a``.
+
+    Parameters
+    ----------
+    a : Tensor of any shape
+        Values in [0, 1] (clamped away from 0 and 1 for a finite log).
+
+    Returns
+    -------
+    scalar Tensor, float32, in [0, 1]
+        0 for hard (0/1) values, 1 when every value is 0.5.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import binary_entropy
+    >>> round(float(binary_entropy(torch.tensor([0.5, 0.5]))), 4), round(float(binary_entropy(torch.tensor([0.0, 1.0]))), 4)
+    (1.0, 0.0)
+    """
     a = a.float().clamp(1e-7, 1 - 1e-7)
     return -(a * torch.log2(a) + (1 - a) * torch.log2(1 - a)).mean()
 
@@ -194,8 +293,27 @@ def area_balance_loss(a: torch.Tensor, mean_over_processes=None) -> torch.Tensor
     """Prior that every cluster covers about 1/K of the pixels of the batch.
 
     ``K * sum_k (mean area_k - 1/K)^2``: 0 for balanced clusters, at most ``K - 1`` when one
-    cluster takes every pixel. ``a``: ``(N, K, H, W)`` summing to 1 along K.
-    ``mean_over_processes`` (distributed training) turns local areas into global ones.
+    cluster takes every pixel.
+
+    Parameters
+    ----------
+    a : Tensor of shape (N, K, H, W)
+        Cluster maps summing to 1 along K.
+    mean_over_processes : callable, optional
+        Distributed training: turns the local areas ``(K,)`` into global ones.
+
+    Returns
+    -------
+    scalar Tensor, float32, in [0, K - 1]
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.losses import area_balance_loss
+    >>> balanced = torch.full((1, 4, 8, 8), 0.25)
+    >>> one_takes_all = torch.zeros(1, 4, 8, 8); one_takes_all[:, 0] = 1
+    >>> float(area_balance_loss(balanced)), float(area_balance_loss(one_takes_all))
+    (0.0, 3.0)
     """
     k = a.shape[1]
     area = a.float().mean(dim=(0, 2, 3))
@@ -205,7 +323,26 @@ def area_balance_loss(a: torch.Tensor, mean_over_processes=None) -> torch.Tensor
 
 
 def region_loss_bounds(n_clusters: int, tau: float) -> tuple[float, float]:
-    """Lower and upper bound of :func:`region_discrimination_loss` for unit vectors."""
+    """Lower and upper bound of :func:`region_discrimination_loss` for unit vectors.
+
+    Parameters
+    ----------
+    n_clusters : int
+        K.
+    tau : float
+        Temperature.
+
+    Returns
+    -------
+    (float, float)
+        ``(log(1 + (K-1) e^{-2/tau}), log K + 2/tau)``.
+
+    Examples
+    --------
+    >>> from skuld.nn.losses import region_loss_bounds
+    >>> [round(b, 4) for b in region_loss_bounds(16, 0.2)]
+    [0.0007, 12.7726]
+    """
     lo = math.log1p((n_clusters - 1) * math.exp(-2 / tau))
     hi = math.log(n_clusters) + 2 / tau
     return lo, hi

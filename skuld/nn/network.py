@@ -46,12 +46,49 @@ class _L2Normalize(torch.autograd.Function):
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """``x / ||x||`` along dim 1 (the channel axis of ``(N, C, H, W)``), like ``F.normalize``."""
+    """Divide by the L2 norm along dim 1 (the channel axis of ``(N, C, H, W)``).
+
+    Like ``torch.nn.functional.normalize`` but with a hand-written backward pass that keeps
+    no extra full-resolution tensors.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, ...)
+
+    Returns
+    -------
+    Tensor
+        Same shape and dtype, unit norm along dim 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import l2_normalize
+    >>> l2_normalize(torch.tensor([[3.0, 4.0]]))
+    tensor([[0.6000, 0.8000]])
+    """
     return _L2Normalize.apply(x)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 convolution, batch norm and ReLU, the building block of every part of the network."""
+    """3x3 convolution (padding 1), batch norm and ReLU: the building block of the network.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Maps ``(N, in_channels, H, W)`` to ``(N, out_channels, H, W)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import conv_bn_relu
+    >>> conv_bn_relu(1, 8)(torch.zeros(2, 1, 16, 16)).shape
+    torch.Size([2, 8, 16, 16])
+    """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
@@ -60,7 +97,28 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 def check_spatial_size(x: torch.Tensor) -> None:
-    """Raise a ValueError naming the shape unless ``x`` is ``(N, C, H, W)`` with H, W multiples of 16."""
+    """Check that a batch can go through the network: ``(N, C, H, W)`` with H, W multiples of 16.
+
+    Parameters
+    ----------
+    x : Tensor
+        The batch.
+
+    Raises
+    ------
+    ValueError
+        Naming the shape, when ``x`` is not 4-D or H, W are not positive multiples of 16.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import check_spatial_size
+    >>> check_spatial_size(torch.zeros(1, 1, 32, 48))
+    >>> check_spatial_size(torch.zeros(1, 1, 30, 48))
+    Traceback (most recent call last):
+        ...
+    ValueError: height and width must be positive multiples of 16, got 30 x 48; pad the input (the estimators do this for you)
+    """
     if x.ndim != 4:
         raise ValueError(f"expected a batch of shape (N, C, H, W), got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
@@ -87,6 +145,14 @@ class VGGEncoder(nn.Module):
     ``forward(x)`` with ``x`` of shape ``(N, in_channels, H, W)`` returns a list of five
     tensors of shapes ``(N, c_i, H / 2**i, W / 2**i)`` for ``i = 0..4``, with ``c_i`` in
     :attr:`out_channels` (16, 32, 64, 128, 128 at width 1). :attr:`strides` gives ``2**i``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import VGGEncoder
+    >>> encoder = VGGEncoder(in_channels=1)
+    >>> [tuple(f.shape) for f in encoder(torch.zeros(1, 1, 64, 64))]
+    [(1, 16, 64, 64), (1, 32, 32, 32), (1, 64, 16, 16), (1, 128, 8, 8), (1, 128, 4, 4)]
     """
 
     def __init__(self, in_channels: int = 3, width: float = 1.0):
@@ -122,8 +188,31 @@ class VGGEncoder(nn.Module):
 class UNetDecoder(nn.Module):
     """U-Net decoder: nearest x2 upsampling, skip concatenation, two conv-BN-ReLU per level.
 
-    ``forward(features)`` takes the encoder's five maps and returns the full-resolution
-    trunk of shape ``(N, out_channels, H, W)`` (32 channels at width 1).
+    Parameters
+    ----------
+    encoder_channels : tuple of int
+        Channels of the encoder's five feature maps (``VGGEncoder.out_channels``).
+    width : float, default 1.0
+        Width multiplier (the encoder's).
+
+    Attributes
+    ----------
+    out_channels : int
+        Channels of the output trunk (32 at width 1).
+
+    Notes
+    -----
+    ``forward(features)`` takes the encoder's five maps and returns the full-resolution trunk
+    of shape ``(N, out_channels, H, W)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import UNetDecoder, VGGEncoder
+    >>> encoder = VGGEncoder(in_channels=1)
+    >>> decoder = UNetDecoder(encoder.out_channels)
+    >>> decoder(encoder(torch.zeros(1, 1, 64, 64))).shape
+    torch.Size([1, 32, 64, 64])
     """
 
     def __init__(self, encoder_channels: tuple[int, ...], width: float = 1.0):
@@ -147,7 +236,27 @@ class UNetDecoder(nn.Module):
 
 
 class Head(nn.Module):
-    """conv3x3 - BN - ReLU - conv3x3: the shared shape of the embedding and clustering heads."""
+    """conv3x3 - BN - ReLU - conv3x3: the shape of the embedding and clustering heads.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the trunk.
+    out_channels : int
+        D for the embedding head, K for the clustering head.
+
+    Notes
+    -----
+    ``forward(x)`` maps ``(N, in_channels, H, W)`` to ``(N, out_channels, H, W)`` (no
+    normalisation: :class:`LDNet` applies it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import Head
+    >>> Head(32, 16)(torch.zeros(1, 32, 8, 8)).shape
+    torch.Size([1, 16, 8, 8])
+    """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -179,6 +288,19 @@ class LDNet(nn.Module):
     ``embed(trunk)`` gives ``(N, D, H, W)`` unit vectors (L2 norm 1 along dim 1);
     ``cluster(trunk)`` gives ``(N, K, H, W)`` non-negative maps that sum to 1 along dim 1
     (sigmoid then L1 normalisation, not a softmax); ``forward(x)`` returns both.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import LDNet
+    >>> net = LDNet(in_channels=1, embedding_dim=32, n_clusters=16)
+    >>> z, a = net(torch.rand(2, 1, 64, 64))
+    >>> z.shape, a.shape
+    (torch.Size([2, 32, 64, 64]), torch.Size([2, 16, 64, 64]))
+    >>> bool(torch.allclose(z.norm(dim=1), torch.ones(2, 64, 64), atol=1e-5))
+    True
+    >>> bool(torch.allclose(a.sum(dim=1), torch.ones(2, 64, 64), atol=1e-5))
+    True
     """
 
     def __init__(self, in_channels: int = 3, embedding_dim: int = 32, n_clusters: int = 16, width: float = 1.0):
@@ -195,7 +317,14 @@ class LDNet(nn.Module):
         self.cluster_head = Head(self.decoder.out_channels, n_clusters)
 
     def config(self) -> dict:
-        """Constructor arguments, enough to rebuild the module before loading a state dict."""
+        """Constructor arguments, enough to rebuild the module before loading a state dict.
+
+        Examples
+        --------
+        >>> from skuld.nn.network import LDNet
+        >>> LDNet(in_channels=1).config()
+        {'in_channels': 1, 'embedding_dim': 32, 'n_clusters': 16, 'width': 1.0}
+        """
         return dict(
             in_channels=self.in_channels,
             embedding_dim=self.embedding_dim,
@@ -278,6 +407,14 @@ class SegmentationUNet(nn.Module):
     Notes
     -----
     ``forward(x)`` maps ``(N, C, H, W)`` (H, W multiples of 16) to logits ``(N, n_classes, H, W)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import SegmentationUNet
+    >>> unet = SegmentationUNet(n_classes=3, in_channels=1)   # or encoder=enc.export_encoder()
+    >>> unet(torch.zeros(1, 1, 64, 96)).shape                 # logits
+    torch.Size([1, 3, 64, 96])
     """
 
     def __init__(self, n_classes: int, encoder: VGGEncoder | None = None, in_channels: int = 3, width: float = 1.0):
@@ -326,5 +463,21 @@ def _kaiming_init(module: nn.Module) -> None:
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters of ``module``."""
+    """Number of trainable parameters of a module.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import count_parameters
+    >>> count_parameters(torch.nn.Linear(3, 2))
+    8
+    """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -33,6 +33,15 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.
     -------
     Scalar float32 tensor in [0, 1]: 0 for a perfect one-hot prediction. Sums run over the
     whole batch, so crops without foreground do not make the loss jump.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.segmentation import soft_dice_loss
+    >>> target = torch.tensor([[[0, 1], [1, 1]]])                      # (1, 2, 2)
+    >>> perfect = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float()
+    >>> round(float(soft_dice_loss(perfect, target)), 4), round(float(soft_dice_loss(1 - perfect, target)), 4)
+    (0.0, 0.8)
     """
     if probs.ndim != 4 or target.shape != (probs.shape[0], *probs.shape[2:]):
         raise ValueError(f"probs (N, K, H, W) and target (N, H, W) do not match: {tuple(probs.shape)}, "
@@ -51,10 +60,29 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float = 1.
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
-    """Loss of a segmentation network's logits ``(N, K, H, W)`` against ``target`` ``(N, H, W)``.
+    """Loss of a segmentation network's logits against a label map, in float32.
 
-    ``kind``: "dice" (soft Dice over foreground classes) or "dice+bce" (plus the
-    cross-entropy, which is the binary cross-entropy when K = 2). Computed in float32.
+    Parameters
+    ----------
+    logits : Tensor of shape (N, K, H, W)
+    target : Tensor of shape (N, H, W), int64
+        Class indices in ``[0, K)`` or :data:`IGNORE`.
+    kind : {"dice", "dice+bce"}, default "dice"
+        Soft Dice over the foreground classes, or that plus the cross-entropy (the binary
+        cross-entropy when K = 2).
+
+    Returns
+    -------
+    scalar Tensor, float32, >= 0
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.segmentation import segmentation_loss
+    >>> logits = torch.zeros(1, 2, 4, 4)                    # undecided: p = 0.5 everywhere
+    >>> target = torch.ones(1, 4, 4, dtype=torch.long)
+    >>> round(float(segmentation_loss(logits, target)), 4), round(float(segmentation_loss(logits, target, "dice+bce")), 4)
+    (0.32, 1.0131)
     """
     logits = logits.float()
     loss = soft_dice_loss(torch.softmax(logits, dim=1), target)
@@ -74,11 +102,34 @@ def random_crops(
     n: int,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random ``crop_size`` squares from randomly chosen (image, label) pairs.
+    """Random square crops from randomly chosen (image, label) pairs.
 
-    ``images[i]`` is ``(C, h, w)``, ``labels[i]`` ``(h, w)``. Images smaller than the crop
-    are padded with zeros and their labels with :data:`IGNORE`. Returns ``(n, C, s, s)``
-    and ``(n, s, s)``.
+    Images smaller than the crop are padded with zeros and their labels with :data:`IGNORE`.
+
+    Parameters
+    ----------
+    images : list of Tensor of shape (C, h_i, w_i)
+    labels : list of Tensor of shape (h_i, w_i), int64
+    crop_size : int
+        Side s of the crops.
+    n : int
+        Number of crops.
+    generator : torch.Generator
+        A CPU generator; the crops depend only on its state.
+
+    Returns
+    -------
+    x : Tensor of shape (n, C, s, s)
+    y : Tensor of shape (n, s, s)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.segmentation import IGNORE, random_crops
+    >>> x, y = random_crops([torch.rand(1, 20, 30)], [torch.zeros(20, 30, dtype=torch.long)], 24, 5,
+    ...                     torch.Generator().manual_seed(0))
+    >>> x.shape, y.shape, bool((y[:, 20:] == IGNORE).all())          # rows 20-23 are padding
+    (torch.Size([5, 1, 24, 24]), torch.Size([5, 24, 24]), True)
     """
     xs, ys = [], []
     for _ in range(n):
@@ -107,12 +158,38 @@ def augment(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation and intensity jitter of a batch of crops and their labels.
 
-    ``x`` ``(N, C, s, s)`` normalised images, ``y`` ``(N, s, s)`` labels (the same geometric
-    change for both). ``rotation``: maximal angle in degrees, uniform in ``[-rotation,
-    rotation]`` per crop, bilinear for images, nearest for labels, reflected at the border.
-    ``intensity``: per-crop gain ``1 + U(-intensity, intensity)`` and offset
-    ``U(-intensity, intensity)`` on the normalised values. The random draws come from
-    ``generator`` (on the CPU) so that a step's augmentation depends only on its seed.
+    The same geometric change applies to images and labels: bilinear for images, nearest for
+    labels, reflected at the border. The draws come from ``generator`` (on the CPU), so a
+    step's augmentation depends only on its seed.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, s, s)
+        Normalised images (flips are applied in place).
+    y : Tensor of shape (N, s, s), int64
+        Labels.
+    generator : torch.Generator
+    flips : bool, default True
+        Random horizontal and vertical flips.
+    rotation : float, default 0.0
+        Maximal angle in degrees, uniform in ``[-rotation, rotation]`` per crop.
+    intensity : float, default 0.0
+        Per-crop gain ``1 + U(-intensity, intensity)`` and offset ``U(-intensity, intensity)``
+        on the normalised values.
+
+    Returns
+    -------
+    x : Tensor of shape (N, C, s, s)
+    y : Tensor of shape (N, s, s), int64
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.segmentation import augment
+    >>> x = torch.rand(4, 1, 32, 32); y = (x[:, 0] > 0.5).long()
+    >>> xa, ya = augment(x.clone(), y.clone(), torch.Generator().manual_seed(0), rotation=0.0)
+    >>> bool(torch.equal(ya, (xa[:, 0] > 0.5).long()))     # labels move with their pixels
+    True
     """
     n = x.shape[0]
     if flips:

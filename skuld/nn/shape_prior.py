@@ -37,6 +37,14 @@ class ShapeDiscriminator(nn.Module):
     -----
     The forward pass maps masks ``(N, 1, S, S)`` in [0, 1], S >= 16, to logits ``(N,)``
     (real > 0).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.shape_prior import ShapeDiscriminator
+    >>> D = ShapeDiscriminator()
+    >>> D(torch.zeros(3, 1, 64, 64)).shape                   # one logit per mask
+    torch.Size([3])
     """
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 64), slope: float = 0.2, spectral_norm: bool = True):
@@ -55,8 +63,28 @@ class ShapeDiscriminator(nn.Module):
 
 
 def structure_width(mask: np.ndarray) -> float:
-    """Median width of a binary structure in pixels: twice the distance to the background,
-    read on the structure's skeleton. NaN for an empty mask."""
+    """Median width of a binary structure in pixels.
+
+    Twice the distance to the background, read on the structure's skeleton (the medial axis),
+    so that the width of thin tubes is not dominated by their edges.
+
+    Parameters
+    ----------
+    mask : array-like of shape (H, W), bool
+
+    Returns
+    -------
+    float
+        In pixels; NaN for an empty mask.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.nn.shape_prior import structure_width
+    >>> tube = np.zeros((40, 40), bool); tube[:, 10:16] = True     # 6 px wide
+    >>> structure_width(tube)
+    6.0
+    """
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
 
@@ -85,6 +113,17 @@ class PriorSampler:
         Random mirror flips.
     scale_jitter : (float, float)
         Extra zoom, log-uniform in this range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from skuld.nn.shape_prior import PriorSampler
+    >>> tube = np.zeros((100, 100), bool); tube[:, 48:53] = True    # a 5 px wide vertical tube
+    >>> sampler = PriorSampler([tube], scales=[2.0], rotation=0.0, flips=False, scale_jitter=(1.0, 1.0))
+    >>> crops = sampler.sample(4, 64, torch.Generator().manual_seed(0))
+    >>> crops.shape, sorted(crops.unique().tolist())
+    (torch.Size([4, 1, 64, 64]), [0.0, 1.0])
     """
 
     def __init__(self, priors: list[np.ndarray], scales: list[float], rotation: float = 180.0, flips: bool = True,
@@ -98,6 +137,8 @@ class PriorSampler:
         self.scale_jitter = scale_jitter
 
     def to(self, device: torch.device) -> "PriorSampler":
+        """Move the prior masks to ``device``; returns ``self``.
+        """
         self.priors = [p.to(device) for p in self.priors]
         return self
 
@@ -138,8 +179,56 @@ class ShapeAdversary:
     """The discriminator, its optimiser and prior sampler, and the two losses of a step.
 
     ``generator_loss(a0)`` (inside the network's step) returns ``weight * BCE(D(a0), 1)`` and
-    remembers ``a0``; ``discriminator_step(generator)`` (after the network's update) trains
-    the discriminator once on real prior crops against the remembered maps.
+    remembers ``a0``; ``discriminator_step(generator)`` (before the network's optimiser step,
+    so that an interrupted step leaves both unchanged) trains the discriminator once on real
+    prior crops against the remembered maps.
+
+    Parameters
+    ----------
+    sampler : PriorSampler
+        Source of real masks.
+    weight : float, default 1.0
+        Weight of the generator term in the network's loss.
+    learning_rate : float, default 5e-5
+        Adam learning rate of the discriminator (betas 0.5, 0.999).
+    slope : float, default 0.2
+        LeakyReLU slope of the discriminator.
+    spectral_norm : bool, default True
+        Spectral normalisation of the discriminator's layers.
+    seed : int, default 0
+        Seeds the discriminator's initialisation and the area estimate.
+    area_weight : float, default 0.0
+        Weight of ``((mean(a0) - f) / f)^2``, f the prior crops' foreground fraction.
+    crop_size : int, default 160
+        Side of the crops used to estimate f.
+    binarize : bool, default False
+        Show the discriminator the top-f pixels of ``a0`` as a 0/1 mask (straight-through
+        gradient) instead of the soft map.
+    dark_threshold : float or None, default None
+        Views at or below this intensity (black frames) are masked out of what the
+        discriminator sees; None disables masking.
+    margin : int, default 7
+        Pixels around dark frames also masked.
+
+    Attributes
+    ----------
+    discriminator : ShapeDiscriminator
+    optimizer : torch.optim.Adam
+    area : float
+        f, the prior crops' foreground fraction.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from skuld.nn.shape_prior import PriorSampler, ShapeAdversary
+    >>> tube = np.zeros((100, 100), bool); tube[:, 45:55] = True
+    >>> adversary = ShapeAdversary(PriorSampler([tube], scales=[1.0]), weight=3.0, crop_size=64)
+    >>> a0 = torch.rand(2, 1, 64, 64, requires_grad=True)     # cluster-0 maps of a batch
+    >>> loss = adversary.generator_loss(a0)                   # added to the network's loss
+    >>> d_loss = adversary.discriminator_step(torch.Generator().manual_seed(0))
+    >>> loss.requires_grad, d_loss.requires_grad
+    (True, False)
     """
 
     def __init__(self, sampler: PriorSampler, weight: float = 1.0, learning_rate: float = 5e-5, slope: float = 0.2,

@@ -41,6 +41,13 @@ class ViewConfig:
         Per-view probability of converting an RGB view to gray.
     mixup : tuple of float or None
         Range of the mixing weight ``l`` of the mixup image; None drops the mixup images.
+
+    Examples
+    --------
+    >>> from skuld.nn.views import ViewConfig
+    >>> xray = ViewConfig(flips=False, rotation=0.0, rot90=False)   # one shared orientation
+    >>> xray.mixup
+    (0.2, 0.8)
     """
 
     flips: bool = True
@@ -59,8 +66,24 @@ class ViewConfig:
 class Views:
     """Output of :func:`make_views`.
 
-    images : (5B or 4B, C, S, S) float in [0, 1]; rot90_k : list of 2B ints, quarter turns
-    applied to the second views; mix_lambda : (B,) float tensor or None.
+    Attributes
+    ----------
+    images : Tensor of shape (5B, C, S, S), or (4B, C, S, S) without mixup
+        Float views in [0, 1], in the order given in the module docstring.
+    rot90_k : list of int, length 2B
+        Quarter turns applied to the second views (undo them with :func:`undo_rot90`).
+    mix_lambda : Tensor of shape (B,) or None
+        Weight of I1 in each mixup image.
+    n_items : int
+        B (a property).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.views import ViewConfig, make_views
+    >>> views = make_views(torch.rand(3, 2, 1, 32, 32), ViewConfig())
+    >>> views.images.shape, views.n_items, len(views.rot90_k), views.mix_lambda.shape
+    (torch.Size([15, 1, 32, 32]), 3, 6, torch.Size([3]))
     """
 
     images: torch.Tensor
@@ -101,7 +124,32 @@ def _gray(x):
 
 
 def color_jitter(x: torch.Tensor, cfg: ViewConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-image brightness, contrast, saturation, hue and random grayscale; ``x`` (N, C, H, W) in [0, 1]."""
+    """Per-image brightness, contrast, saturation, hue jitter and random grayscale.
+
+    Saturation, hue and grayscale apply to RGB images only; strengths come from ``cfg``.
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, H, W), C in {1, 3}
+        Float images in [0, 1].
+    cfg : ViewConfig
+    generator : torch.Generator, optional
+        On ``x``'s device; makes the jitter reproducible.
+
+    Returns
+    -------
+    Tensor of shape (N, C, H, W)
+        Clamped to [0, 1].
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.views import ViewConfig, color_jitter
+    >>> x = torch.full((4, 3, 8, 8), 0.5)
+    >>> y = color_jitter(x, ViewConfig(), torch.Generator().manual_seed(0))
+    >>> y.shape, bool(0 <= y.min() and y.max() <= 1), bool((y != x).any())
+    (torch.Size([4, 3, 8, 8]), True, True)
+    """
     n, c = x.shape[:2]
     dev = x.device
 
@@ -158,6 +206,16 @@ def make_views(
     -------
     Views
         See the module docstring for the order of the images.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.views import ViewConfig, make_views
+    >>> pairs = torch.rand(2, 2, 3, 64, 64)                  # B = 2 items of two RGB crops
+    >>> views = make_views(pairs, ViewConfig(), torch.Generator().manual_seed(0),
+    ...                    torch.Generator().manual_seed(1))
+    >>> views.images.shape                                    # 2 views x 2 images x B + B mixups
+    torch.Size([10, 3, 64, 64])
     """
     if pairs.ndim != 5 or pairs.shape[1] != 2 or pairs.shape[-1] != pairs.shape[-2]:
         raise ValueError(f"expected pairs of square crops (B, 2, C, S, S), got {tuple(pairs.shape)}")
@@ -200,10 +258,28 @@ def make_views(
 
 
 def undo_rot90(x: torch.Tensor, k: list) -> torch.Tensor:
-    """Turn each ``x[i]`` (shape (C, g, g)) back by ``-k[i]`` quarter turns.
+    """Turn each ``x[i]`` back by ``-k[i]`` quarter turns.
 
     Applied to the patch-feature grid of the second views, this makes grid cell g of view 2
     match cell g of view 1 (pooling commutes with quarter turns when the grid divides the crop).
+
+    Parameters
+    ----------
+    x : Tensor of shape (N, C, g, g)
+    k : list of int, length N
+        Quarter turns that were applied (``Views.rot90_k``).
+
+    Returns
+    -------
+    Tensor of shape (N, C, g, g)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.views import undo_rot90
+    >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+    >>> bool(torch.equal(undo_rot90(torch.rot90(x, 1, dims=(2, 3)), [1]), x))
+    True
     """
     if not any(k):
         return x
