@@ -1,4 +1,4 @@
-"""The ``skuld`` command line: ``skuld demo``, ``skuld fit``, ``skuld embed``."""
+"""The ``skuld`` command line: ``skuld demo``, ``skuld fit``, ``skuld embed``, ``skuld index``."""
 
 from __future__ import annotations
 
@@ -52,24 +52,56 @@ def _cmd_embed(args) -> int:
     import joblib
     import numpy as np
 
-    from .io import atomic_write, expand_paths
+    from .io import ImageCollection, atomic_write, expand_paths
 
     enc = joblib.load(args.model)
     paths = [p for spec in args.images for p in expand_paths(spec)]
     dtype = np.float16 if args.float16 else np.float32
+    if sum(bool(x) for x in (args.out, args.stack, args.store)) != 1:
+        raise ValueError("give one of --out (one .npy per image), --stack (one (n, H, W, D) array, one image size) "
+                         "or --store (a folder for images of any sizes)")
+    images = ImageCollection(paths, n_channels=enc.n_channels_in_)
     if args.stack:
-        return _embed_stacked(enc, paths, args.stack, dtype, args.overwrite)
-    if not args.out:
-        raise ValueError("give --out (one .npy per image) or --stack (one memory-mapped array)")
+        return _embed_stacked(enc, images, args.stack, dtype, args.overwrite, args.jobs)
+    if args.store:
+        return _embed_store(enc, images, args.store, dtype, args.overwrite, args.jobs)
     os.makedirs(args.out, exist_ok=True)
-    for i, path in enumerate(paths):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        target = os.path.join(args.out, f"{stem}.npy")
-        if os.path.exists(target) and not args.overwrite:
-            continue  # written by an earlier, interrupted run: files are written atomically
-        E = enc.transform([path])[0].astype(dtype, copy=False)
-        atomic_write(target, lambda tmp: _save_npy(tmp, E))
-        print(f"[{i + 1}/{len(paths)}] {path} -> {target} {E.shape} {E.dtype}", flush=True)
+    targets = [os.path.join(args.out, os.path.splitext(os.path.basename(p))[0] + ".npy") for p in paths]
+    # Files already there were written by an earlier, interrupted run (writes are atomic).
+    todo = [i for i, t in enumerate(targets) if args.overwrite or not os.path.exists(t)]
+    for i, E in _embeddings(enc, images, todo, args.jobs):
+        E = E.astype(dtype, copy=False)
+        atomic_write(targets[i], lambda tmp: _save_npy(tmp, E))
+        print(f"[{i + 1}/{len(paths)}] {paths[i]} -> {targets[i]} {E.shape} {E.dtype}", flush=True)
+    return 0
+
+
+def _embeddings(enc, images, indices, jobs):
+    """Yield ``(i, (H, W, D) float32 embeddings)``, images decoded ahead by ``jobs`` processes."""
+    for i, img in images.iter_images(indices, n_jobs=jobs):
+        yield i, enc.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
+
+
+def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
+    """Every image's embeddings in one EmbeddingStore folder (any sizes); resumes an
+    interrupted run over the same images."""
+    from .store import EmbeddingStore
+
+    paths = images.paths
+    shapes = [images.shape(i) for i in range(len(images))]
+    store = None
+    if not overwrite and os.path.exists(os.path.join(folder, "images.json")):
+        store = EmbeddingStore(folder, mode="r+")
+        if store.paths != paths or store.shapes != shapes or store.dtype != dtype:
+            raise ValueError(f"{folder} holds a store of other images or another dtype: remove it or use --overwrite")
+    if store is None:
+        store = EmbeddingStore.create(folder, paths, shapes, enc.model_.embedding_dim, dtype)
+    start = store.n_complete
+    for i, E in _embeddings(enc, images, range(start, len(paths)), jobs):
+        store.write(i, E)
+        print(f"[{i + 1}/{len(paths)}] embedded into {folder}", flush=True)
+    print(f"wrote {os.path.abspath(folder)}: {len(paths)} images, {store._offsets[-1]:,} pixels x {store.dim} "
+          f"{store.dtype} (read it with skuld.store.EmbeddingStore)")
     return 0
 
 
@@ -85,14 +117,14 @@ def _save_npy(path, array) -> None:
         np.save(f, array)
 
 
-def _embed_stacked(enc, paths, target, dtype, overwrite) -> int:
+def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
     """All embeddings in one (n, H, W, D) .npy written through a memory map, so memory holds
     one image at a time; a progress file lets a rerun resume, the final name appears last."""
     import numpy as np
 
-    from .io import ImageCollection, atomic_write
+    from .io import atomic_write
 
-    images = ImageCollection(paths, n_channels=enc.n_channels_in_)
+    paths = images.paths
     shapes = {images.shape(i) for i in range(len(paths))}
     if len(shapes) != 1:
         raise ValueError(f"--stack needs images of one size; found {len(shapes)} sizes, e.g. {sorted(shapes)[:3]}")
@@ -108,8 +140,8 @@ def _embed_stacked(enc, paths, target, dtype, overwrite) -> int:
     else:
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
-    for i in range(start, len(paths)):
-        mm[i] = enc.transform([paths[i]])[0]
+    for i, E in _embeddings(enc, images, range(start, len(paths)), jobs):
+        mm[i] = E
         mm.flush()  # the image is on disk before the progress file counts it
         atomic_write(progress, lambda tmp, n=i + 1: _write_text(tmp, str(n)))
         print(f"[{i + 1}/{len(paths)}] embedded into {partial}", flush=True)
@@ -129,7 +161,7 @@ def _cmd_index(args) -> int:
 
     enc = joblib.load(args.model)
     paths = [p for spec in args.images for p in expand_paths(spec)]
-    index = PixelIndex(index=args.index, stride=args.stride, random_state=0, verbose=1)
+    index = PixelIndex(index=args.index, stride=args.stride, n_jobs=args.jobs, random_state=0, verbose=1)
     index.fit(paths, encoder=enc)
     index.save(args.out)
     with open(os.path.join(args.out, "images.txt"), "w") as f:
@@ -169,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", help="output folder, one <name>.npy per image")
     embed.add_argument("--stack", help="instead: one (n, H, W, D) .npy for images of one size, written through a "
                                        "memory map (bounded memory, resumable)")
+    embed.add_argument("--store", help="instead: a folder holding images of any sizes as one memory-mapped array "
+                                       "(skuld.store.EmbeddingStore; bounded memory, resumable)")
+    embed.add_argument("--jobs", type=int, default=None,
+                       help="processes decoding the next images while one is embedded (default: none; -1: all cores)")
     embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")
     embed.add_argument("--overwrite", action="store_true",
                        help="recompute images whose .npy exists (by default they are skipped, so a rerun resumes)")
@@ -180,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--out", required=True, help="output folder of the index")
     index.add_argument("--stride", type=int, default=1, help="index every stride-th row and column")
     index.add_argument("--index", default="auto", help="FAISS factory string, or auto")
+    index.add_argument("--jobs", type=int, default=None,
+                       help="processes decoding the next images while one is embedded (default: none; -1: all cores)")
     index.set_defaults(func=_cmd_index)
     return parser
 

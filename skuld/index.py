@@ -112,6 +112,10 @@ class PixelIndex(BaseEstimator):
         inverted list (FAISS's advice) and at least 262,144, at most all of them.
     block_size : int, default=1048576
         Vectors added to FAISS per block.
+    n_jobs : int or None, default=None
+        With an ``encoder`` and image files: processes that decode the next images while
+        this one embeds the current one (joblib's loky workers, safe beside FAISS's and
+        PyTorch's threads). None: decode in this process; -1: one per core.
     random_state : int or None, default=None
         Seeds the training sample and FAISS's k-means.
     verbose : int, default=0
@@ -147,12 +151,13 @@ class PixelIndex(BaseEstimator):
         "ef_search": [Interval(Integral, 1, None, closed="left")],
         "train_size": [Interval(Integral, 1, None, closed="left"), None],
         "block_size": [Interval(Integral, 1, None, closed="left")],
+        "n_jobs": [Integral, None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
 
     def __init__(self, index="auto", metric="cosine", stride=1, nprobe=8, ef_search=64, train_size=None,
-                 block_size=1_048_576, random_state=None, verbose=0):
+                 block_size=1_048_576, n_jobs=None, random_state=None, verbose=0):
         self.index = index
         self.metric = metric
         self.stride = stride
@@ -160,12 +165,13 @@ class PixelIndex(BaseEstimator):
         self.ef_search = ef_search
         self.train_size = train_size
         self.block_size = block_size
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ building
     def _source(self, E, masks, encoder) -> "_Source":
-        return _Source(E, masks, encoder)
+        return _Source(E, masks, encoder, self.n_jobs)
 
     def _select(self, e: np.ndarray, mask) -> tuple[np.ndarray, _ImageEntry]:
         h, w, d = e.shape
@@ -251,7 +257,7 @@ class PixelIndex(BaseEstimator):
         order = rng.permutation(len(counts))
         cum = np.cumsum(np.asarray(counts)[order])
         chosen_images = np.sort(order[: int(np.searchsorted(cum, 4 * wanted)) + 1])
-        pool = [self._select(src.embeddings(i), src.mask(i))[0] for i in chosen_images]
+        pool = [self._select(e, src.mask(i))[0] for i, e in src.iter_embeddings(chosen_images)]
         pool = np.concatenate(pool)
         take = min(wanted, len(pool))
         x = self._vectors(pool[np.sort(rng.choice(len(pool), size=take, replace=False))])
@@ -269,12 +275,12 @@ class PixelIndex(BaseEstimator):
         new_ids = []
         pending, pending_n = [], 0
         t0, last = time.perf_counter(), time.perf_counter()
-        for i in range(len(src)):
+        for i, e in src.iter_embeddings(range(len(src))):
             if self.verbose and (time.perf_counter() - last > 10 or i == len(src) - 1):
                 last = time.perf_counter()
                 print(f"[skuld] indexing image {i + 1}/{len(src)}, {self._offsets[-1]:,} vectors, "
                       f"{(i + 1) / (last - t0):.1f} images/s", file=sys.stderr, flush=True)
-            vecs, entry = self._select(src.embeddings(i), src.mask(i))
+            vecs, entry = self._select(e, src.mask(i))
             if vecs.shape[1] != self.dim_:
                 raise ValueError(f"image {i} has embeddings of dimension {vecs.shape[1]}, the index {self.dim_}")
             pending.append(self._vectors(vecs, f"embeddings of image {self.n_images_}"))
@@ -549,8 +555,9 @@ class PixelIndex(BaseEstimator):
 class _Source:
     """Images' embeddings, one image at a time: given arrays, or computed by an encoder."""
 
-    def __init__(self, E, masks, encoder):
+    def __init__(self, E, masks, encoder, n_jobs=None):
         self.encoder = encoder
+        self.n_jobs = n_jobs
         if encoder is not None:
             from .io import ImageCollection
 
@@ -595,11 +602,14 @@ class _Source:
     def mask(self, i):
         return None if self.masks is None else self.masks[i]
 
-    def embeddings(self, i) -> np.ndarray:
-        if self.encoder is not None:
-            img = self.items[i]
-            return self.encoder.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
-        return np.asarray(self.items[i])
+    def iter_embeddings(self, indices):
+        """Yield ``(i, (H, W, D) embeddings)`` in the order of ``indices``."""
+        if self.encoder is None:
+            for i in indices:
+                yield i, np.asarray(self.items[i])
+            return
+        for i, img in self.items.iter_images(indices, self.n_jobs):
+            yield i, self.encoder.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
 
 
 def _ivf(index):

@@ -115,3 +115,80 @@ def test_embed_stack_is_memory_mapped_and_resumes_after_an_interruption(image_di
     np.testing.assert_array_equal(np.load(target), np.asarray(E))
     assert not (tmp_path / "resumed.npy.progress").exists()
     assert (tmp_path / "resumed.npy.paths.txt").read_text().count("\n") == 3
+
+
+@pytest.fixture
+def mixed_size_dir(tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for i, (h, w) in enumerate([(48, 64), (32, 32), (64, 48)]):
+        img = blobs(1, max(h, w))[0][:h, :w]
+        iio.imwrite(d / f"scan{i}.png", (img * 255).astype(np.uint8))
+    return d
+
+
+def test_embed_store_holds_images_of_any_size_and_resumes(mixed_size_dir, tmp_path, monkeypatch):
+    from skuld import LocalDiscriminativeEncoder, PixelIndex
+    from skuld.store import EmbeddingStore
+
+    model = tmp_path / "model.joblib"
+    main(["fit", str(mixed_size_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32",
+          "--image-size", "48", "--batch-size", "1", "--random-state", "0"])
+    straight = tmp_path / "straight"
+    assert main(["embed", str(model), str(mixed_size_dir), "--store", str(straight), "--jobs", "2"]) == 0
+    store = EmbeddingStore(straight)
+    assert store.complete and store.shapes == [(48, 64), (32, 32), (64, 48)]
+    enc = __import__("joblib").load(model)
+    for i in range(3):
+        expected = enc.transform([str(mixed_size_dir / f"scan{i}.png")])[0]
+        np.testing.assert_array_equal(store[i], expected)
+
+    calls = {"n": 0}
+    original = LocalDiscriminativeEncoder.transform
+
+    def flaky(self, X):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, X)
+
+    monkeypatch.setattr(LocalDiscriminativeEncoder, "transform", flaky)
+    target = tmp_path / "resumed"
+    assert main(["embed", str(model), str(mixed_size_dir), "--store", str(target)]) == 130
+    assert EmbeddingStore(target).n_complete == 1 and not EmbeddingStore(target).complete
+    calls["n"] = 10
+    assert main(["embed", str(model), str(mixed_size_dir), "--store", str(target)]) == 0
+    assert calls["n"] == 12  # only images 2 and 3 were embedded again
+    resumed = EmbeddingStore(target)
+    for i in range(3):
+        np.testing.assert_array_equal(resumed[i], store[i])
+    # A store is a sequence of (H, W, D) arrays: PixelIndex takes it as embeddings.
+    idx = PixelIndex(stride=4).fit(resumed)
+    assert idx.n_images_ == 3 and idx.n_vectors_ == 12 * 16 + 8 * 8 + 16 * 12
+
+
+def test_embed_needs_exactly_one_destination(image_dir, tmp_path, capsys):
+    model = tmp_path / "model.joblib"
+    main(["fit", str(image_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32", "--image-size", "48",
+          "--batch-size", "1", "--random-state", "0"])
+    capsys.readouterr()
+    assert main(["embed", str(model), str(image_dir)]) == 2
+    assert "--store" in capsys.readouterr().err
+    assert main(["embed", str(model), str(image_dir), "--out", str(tmp_path / "a"), "--stack", "b.npy"]) == 2
+
+
+def test_index_with_parallel_decoding_equals_sequential(image_dir, tmp_path):
+    from skuld import PixelIndex
+
+    model = tmp_path / "model.joblib"
+    main(["fit", str(image_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32", "--image-size", "48",
+          "--batch-size", "1", "--random-state", "0"])
+    assert main(["index", str(model), str(image_dir), "--out", str(tmp_path / "idx1"), "--stride", "2"]) == 0
+    a = PixelIndex.load(tmp_path / "idx1")
+    q = np.random.default_rng(0).normal(size=(2000, 32)).astype(np.float32)
+    a.kneighbors(q, 3)  # FAISS's OpenMP threads are running in this process before the workers start
+    assert main(["index", str(model), str(image_dir), "--out", str(tmp_path / "idx2"), "--stride", "2",
+                 "--jobs", "2"]) == 0
+    b = PixelIndex.load(tmp_path / "idx2")
+    for x, y in zip(a.kneighbors(q, 3), b.kneighbors(q, 3)):
+        np.testing.assert_array_equal(x, y)

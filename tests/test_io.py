@@ -111,3 +111,22 @@ def test_single_frame_files_read_as_two_dimensional(tmp_path, monkeypatch):
     out = read_image(path)
     assert out.shape == (30, 20)
     np.testing.assert_array_equal(out, mask[0])
+
+
+def test_iter_images_decodes_ahead_in_worker_processes_in_order(tmp_path):
+    import imageio.v3 as iio
+
+    from skuld.io import ImageCollection, ImageReadError
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        iio.imwrite(tmp_path / f"{i}.png", rng.integers(0, 255, (8 + i, 9), dtype=np.uint8))
+    images = ImageCollection(str(tmp_path))
+    sequential = list(images.iter_images())
+    parallel = list(images.iter_images([4, 1, 3], n_jobs=2))
+    assert [i for i, _ in parallel] == [4, 1, 3]
+    for i, img in parallel:
+        np.testing.assert_array_equal(img, sequential[i][1])
+    (tmp_path / "2.png").write_bytes(b"broken")
+    with pytest.raises(ImageReadError, match="2.png"):
+        list(ImageCollection(str(tmp_path)).iter_images(n_jobs=2))
