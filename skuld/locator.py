@@ -502,7 +502,8 @@ class OneShotLandmarkLocator(BaseEstimator):
                 v = torch.as_tensor(valid, dtype=torch.float32, device=q_img.device)
                 total += matching.ncc_maps(regions, patches) * v[:, None, None]
                 count += v
-            score = total / count.clamp_min(1)[:, None, None]
+            ncc = total / count.clamp_min(1)[:, None, None]
+            score = ncc
             if self.prior_weight:
                 # The coarse similarity at every candidate keeps the correlation from jumping
                 # to a look-alike that the descriptors, with their larger context, rule out.
@@ -516,10 +517,13 @@ class OneShotLandmarkLocator(BaseEstimator):
                 g = torch.stack([(cand_work[..., 0] + 0.5) / w * 2 - 1, (cand_work[..., 1] + 0.5) / h * 2 - 1], -1)
                 prior = F.grid_sample(sims[:, None], g, mode="bilinear", padding_mode="border", align_corners=False)
                 score = score + self.prior_weight * prior[:, 0]
-            peak, value = matching.subpixel_argmax(score)
+            peak, _ = matching.subpixel_argmax(score)
             cur = cur + (peak.cpu().double().numpy() - r)
             pts = matching.rescale_points(cur, q_shape, view.work_shape)
-            conf = value.cpu().double().numpy()
+            # Confidence: the correlation alone at the chosen cell. The prior-weighted score
+            # exceeds 1 wherever the coarse similarity is high, so clipped it said 1 nearly always.
+            best = score.flatten(1).argmax(dim=1, keepdim=True)
+            conf = ncc.flatten(1).gather(1, best)[:, 0].cpu().double().numpy()
         return pts, conf
 
     # ------------------------------------------------------------------ predict

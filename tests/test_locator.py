@@ -85,6 +85,21 @@ def test_the_template_finds_itself(encoder):
     assert conf.shape == (1, 6) and (conf > 0.95).all()
 
 
+def test_confidence_drops_where_the_query_lost_the_landmark(encoder):
+    """Confidence is the correlation at the found point: not saturated, and low for a landmark
+    whose neighbourhood in the query was replaced by noise."""
+    template, marks = phantom()
+    loc = locator(encoder).fit(template, marks)
+    query, true = phantom(rotation(2, 1.0, (3, -2)))
+    x, y = true[0].round().astype(int)
+    patch = np.s_[y - 12: y + 13, x - 12: x + 13]
+    query[patch] = np.random.default_rng(5).random(query[patch].shape)
+    lost = (np.abs(true - true[0]) <= 12).all(axis=1)  # landmarks inside the noise: 0 and 2
+    _, conf = loc.predict_confidence(query[None])
+    assert lost.sum() == 2 and conf[0, lost].max() < 0.5 < conf[0, ~lost].min(), conf
+    assert conf.max() < 1.0
+
+
 def test_coordinates_round_trip_through_resizing(encoder):
     """A query that is the template at another size gets the template's points rescaled."""
     template, marks = phantom()
