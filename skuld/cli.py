@@ -52,6 +52,7 @@ def _cmd_embed(args) -> int:
     import joblib
     import numpy as np
 
+    from .encoder import embed_each
     from .io import ImageCollection, atomic_write, expand_paths
 
     enc = joblib.load(args.model)
@@ -69,22 +70,17 @@ def _cmd_embed(args) -> int:
     targets = [os.path.join(args.out, os.path.splitext(os.path.basename(p))[0] + ".npy") for p in paths]
     # Files already there were written by an earlier, interrupted run (writes are atomic).
     todo = [i for i, t in enumerate(targets) if args.overwrite or not os.path.exists(t)]
-    for i, E in _embeddings(enc, images, todo, args.jobs):
+    for i, E in embed_each(enc, images, todo, args.jobs):
         E = E.astype(dtype, copy=False)
         atomic_write(targets[i], lambda tmp: _save_npy(tmp, E))
         print(f"[{i + 1}/{len(paths)}] {paths[i]} -> {targets[i]} {E.shape} {E.dtype}", flush=True)
     return 0
 
 
-def _embeddings(enc, images, indices, jobs):
-    """Yield ``(i, (H, W, D) float32 embeddings)``, images decoded ahead by ``jobs`` processes."""
-    for i, img in images.iter_images(indices, n_jobs=jobs):
-        yield i, enc.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
-
-
 def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
     """Every image's embeddings in one EmbeddingStore folder (any sizes); resumes an
     interrupted run over the same images."""
+    from .encoder import embed_each
     from .store import EmbeddingStore
 
     paths = images.paths
@@ -97,10 +93,10 @@ def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
     if store is None:
         store = EmbeddingStore.create(folder, paths, shapes, enc.model_.embedding_dim, dtype)
     start = store.n_complete
-    for i, E in _embeddings(enc, images, range(start, len(paths)), jobs):
+    for i, E in embed_each(enc, images, range(start, len(paths)), jobs):
         store.write(i, E)
         print(f"[{i + 1}/{len(paths)}] embedded into {folder}", flush=True)
-    print(f"wrote {os.path.abspath(folder)}: {len(paths)} images, {store._offsets[-1]:,} pixels x {store.dim} "
+    print(f"wrote {os.path.abspath(folder)}: {len(paths)} images, {store.n_pixels:,} pixels x {store.dim} "
           f"{store.dtype} (read it with skuld.store.EmbeddingStore)")
     return 0
 
@@ -122,6 +118,7 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
     one image at a time; a progress file lets a rerun resume, the final name appears last."""
     import numpy as np
 
+    from .encoder import embed_each
     from .io import atomic_write
 
     paths = images.paths
@@ -140,7 +137,7 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
     else:
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
-    for i, E in _embeddings(enc, images, range(start, len(paths)), jobs):
+    for i, E in embed_each(enc, images, range(start, len(paths)), jobs):
         mm[i] = E
         mm.flush()  # the image is on disk before the progress file counts it
         atomic_write(progress, lambda tmp, n=i + 1: _write_text(tmp, str(n)))

@@ -699,6 +699,14 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, BaseEst
         return tags
 
 
+def embed_each(encoder, images: ImageCollection, indices, n_jobs=None):
+    """Yield ``(i, (H, W, D) float32 embeddings)`` of ``images[i]`` for each of ``indices``, in
+    order, one image in memory at a time; image files are decoded ahead by ``n_jobs`` worker
+    processes (see :meth:`skuld.io.ImageCollection.iter_images`)."""
+    for i, img in images.iter_images(indices, n_jobs=n_jobs):
+        yield i, encoder.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
+
+
 def _auto_workers(images: ImageCollection) -> int:
     """Loader workers for "auto": none for images in memory or on a machine of two cores or
     fewer (decoded images are cached, so workers would only compete with training for the

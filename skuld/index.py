@@ -608,8 +608,9 @@ class _Source:
             for i in indices:
                 yield i, np.asarray(self.items[i])
             return
-        for i, img in self.items.iter_images(indices, self.n_jobs):
-            yield i, self.encoder.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
+        from .encoder import embed_each
+
+        yield from embed_each(self.encoder, self.items, indices, self.n_jobs)
 
 
 def _ivf(index):

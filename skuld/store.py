@@ -130,6 +130,11 @@ class EmbeddingStore:
     def __len__(self) -> int:
         return len(self.shapes)
 
+    @property
+    def n_pixels(self) -> int:
+        """Rows of the data array: the pixels of all images."""
+        return int(self._offsets[-1])
+
     def __getitem__(self, i: int) -> np.ndarray:
         """Image ``i``'s array ``(H_i, W_i, D)``, a view into the memory map (no copy)."""
         if not -len(self) <= i < len(self):
