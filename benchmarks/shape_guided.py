@@ -142,7 +142,19 @@ def report() -> str:
         for mode, s in r["modes"].items():
             lines.append(f"| {r['method']} | {mode} | {r['seed']} | {s['dice_obs1']:.3f} | {s['dice_obs2']:.3f} | "
                          f"{r['fit_seconds'] / 60:.1f} | {r['predict_seconds_per_image']:.2f} |")
-    notes = [f"* {r['method']}: {r['note']}" for r in records if r.get("note")]
+    by_mode: dict[tuple[str, str], list] = {}
+    for r in records:
+        for mode, sc in r["modes"].items():
+            by_mode.setdefault((r["method"], mode), []).append(sc)
+    several = {k: v for k, v in by_mode.items() if len(v) > 1}
+    if several:
+        lines += ["", "Over seeds (mean +- standard deviation):", "",
+                  "| method | mode | seeds | Dice obs. 1 | Dice obs. 2 |", "|---|---|---|---|---|"]
+        for (method, mode), scores in several.items():
+            d1, d2 = (np.array([sc[k] for sc in scores]) for k in ("dice_obs1", "dice_obs2"))
+            lines.append(f"| {method} | {mode} | {len(scores)} | {d1.mean():.4f} +- {d1.std(ddof=1):.4f} | "
+                         f"{d2.mean():.4f} +- {d2.std(ddof=1):.4f} |")
+    notes = [f"* {r['method']} seed {r['seed']}: {r['note']}" for r in records if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + notes
     text = "\n".join(lines) + "\n"
