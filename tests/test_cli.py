@@ -84,16 +84,10 @@ def test_embed_resumes_and_index_builds(image_dir, tmp_path, capsys):
     assert (tmp_path / "idx" / "images.txt").read_text().count("\n") == 3
 
 
-def test_embed_stack_is_memory_mapped_and_resumes_after_an_interruption(image_dir, tmp_path, monkeypatch):
+def interrupt_second_transform(monkeypatch) -> dict:
+    """Make the encoder's second ``transform`` call raise KeyboardInterrupt (Ctrl-C mid-run);
+    the returned ``{"n": calls}`` counts the calls (set it past 2 to stop interrupting)."""
     from skuld import LocalDiscriminativeEncoder
-
-    model = tmp_path / "model.joblib"
-    main(["fit", str(image_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32", "--image-size", "48",
-          "--batch-size", "1", "--random-state", "0"])
-    straight = tmp_path / "straight.npy"
-    assert main(["embed", str(model), str(image_dir), "--stack", str(straight)]) == 0
-    E = np.load(straight, mmap_mode="r")
-    assert E.shape == (3, 48, 48, 32) and E.dtype == np.float32
 
     calls = {"n": 0}
     original = LocalDiscriminativeEncoder.transform
@@ -105,6 +99,20 @@ def test_embed_stack_is_memory_mapped_and_resumes_after_an_interruption(image_di
         return original(self, X)
 
     monkeypatch.setattr(LocalDiscriminativeEncoder, "transform", flaky)
+    return calls
+
+
+def test_embed_stack_is_memory_mapped_and_resumes_after_an_interruption(image_dir, tmp_path, monkeypatch):
+
+    model = tmp_path / "model.joblib"
+    main(["fit", str(image_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32", "--image-size", "48",
+          "--batch-size", "1", "--random-state", "0"])
+    straight = tmp_path / "straight.npy"
+    assert main(["embed", str(model), str(image_dir), "--stack", str(straight)]) == 0
+    E = np.load(straight, mmap_mode="r")
+    assert E.shape == (3, 48, 48, 32) and E.dtype == np.float32
+
+    calls = interrupt_second_transform(monkeypatch)
     target = tmp_path / "resumed.npy"
     # Interrupted while embedding image 2: image 1 is on disk and counted.
     assert main(["embed", str(model), str(image_dir), "--stack", str(target)]) == 130
@@ -128,7 +136,7 @@ def mixed_size_dir(tmp_path):
 
 
 def test_embed_store_holds_images_of_any_size_and_resumes(mixed_size_dir, tmp_path, monkeypatch):
-    from skuld import LocalDiscriminativeEncoder, PixelIndex
+    from skuld import PixelIndex
     from skuld.store import EmbeddingStore
 
     model = tmp_path / "model.joblib"
@@ -143,16 +151,7 @@ def test_embed_store_holds_images_of_any_size_and_resumes(mixed_size_dir, tmp_pa
         expected = enc.transform([str(mixed_size_dir / f"scan{i}.png")])[0]
         np.testing.assert_array_equal(store[i], expected)
 
-    calls = {"n": 0}
-    original = LocalDiscriminativeEncoder.transform
-
-    def flaky(self, X):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, X)
-
-    monkeypatch.setattr(LocalDiscriminativeEncoder, "transform", flaky)
+    calls = interrupt_second_transform(monkeypatch)
     target = tmp_path / "resumed"
     assert main(["embed", str(model), str(mixed_size_dir), "--store", str(target)]) == 130
     assert EmbeddingStore(target).n_complete == 1 and not EmbeddingStore(target).complete
