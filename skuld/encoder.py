@@ -704,7 +704,7 @@ def embed_each(encoder, images: ImageCollection, indices, n_jobs=None):
     order, one image in memory at a time; image files are decoded ahead by ``n_jobs`` worker
     processes (see :meth:`skuld.io.ImageCollection.iter_images`)."""
     for i, img in images.iter_images(indices, n_jobs=n_jobs):
-        yield i, encoder.transform(img[None] if img.shape[2] == 3 else img[None, :, :, 0])[0]
+        yield i, encoder.transform(img[None])[0]  # (1, H, W, C) with C = 1 or 3: both accepted
 
 
 def _auto_workers(images: ImageCollection) -> int:
