@@ -115,3 +115,20 @@ def ellipse_shapes(n=6, size=128, seed=100):
             mask |= (u / ry) ** 2 + (v / rx) ** 2 <= 1
         out.append(mask)
     return np.stack(out)
+
+
+def lung_shapes(n=6, size=(120, 100), seed=100):
+    """Binary masks of two rounded rectangles (superellipses) side by side, in frames of another
+    size and aspect: lung-shaped priors from a different generator than :func:`lungs`."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = yy / h, xx / w
+    out = []
+    for _ in range(n):
+        mask = np.zeros(size, bool)
+        cy, ry, rx = rng.uniform(0.42, 0.58), rng.uniform(0.22, 0.34), rng.uniform(0.09, 0.16)
+        for cx in (0.5 - rng.uniform(0.16, 0.26), 0.5 + rng.uniform(0.16, 0.26)):
+            mask |= np.abs((yy - cy) / ry) ** 4 + np.abs((xx - cx) / rx) ** 4 <= 1
+        out.append(mask)
+    return out
