@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .atlas import atlas_probability, shape_atlas
 from .encoder import LocalDiscriminativeEncoder
 from .io import ImageCollection, read_image
 from .metrics import dice
@@ -42,10 +44,13 @@ class ShapeGuidedSegmenter(BaseEstimator):
     section "shape-guided segmentation"). A refinement stage then trains a U-Net, initialised
     from the same encoder, on the pixels whose pseudo-label is confident.
 
-    On a CPU budget the adversarial stage alone does not find fundus vessels (measured in
-    ``docs/shape_guided.md``): for thin structures the default takes the pseudo-labels of
-    the refinement from a ridge detector run at the width of the prior shapes instead
-    (``pseudo_labels="auto"``), which the refinement network then improves on.
+    On a CPU budget the adversarial stage alone does not find the structure (measured in
+    ``docs/shape_guided.md``), so by default (``pseudo_labels="auto"``) the refinement's
+    pseudo-labels come from a classical, label-free detector driven by the priors, which the
+    refinement network then improves on: for thin structures a ridge detector at the width
+    of the prior shapes; for thick structures of images in one orientation and framing
+    (``rotation=0``, ``prior_scale="frame"``: lungs in chest X-rays) a shape atlas, the mean
+    of the priors, that guides an intensity EM in each image (:mod:`skuld.atlas`).
 
     Parameters
     ----------
@@ -105,14 +110,19 @@ class ShapeGuidedSegmenter(BaseEstimator):
         Training steps of the refinement network (about 4 minutes on 2 CPU cores).
     refine_confidence : float, default=0.5
         With "ld" pseudo-labels, a pixel's label is used when both inference modes agree on
-        it and the mean of their probabilities ``p`` has ``|2p - 1| >= refine_confidence``.
-    pseudo_labels : {"auto", "ld", "ridge"}, default="auto"
+        it and the mean of their probabilities ``p`` has ``|2p - 1| >= refine_confidence``;
+        with "atlas" pseudo-labels, when the atlas probability ``p`` has it.
+    pseudo_labels : {"auto", "ld", "ridge", "atlas"}, default="auto"
         Where the refinement's pseudo-labels come from. "ld": the LD network (the paper).
         "ridge": :func:`skuld.ridges.ridge_pseudo_labels` at scales from the priors' median
         structure width (``ridge_sigmas_``), every pixel of the field of view labelled but a
         10-pixel rim, thresholded by the triangle method kept within half and twice the
-        priors' foreground fraction (``prior_fraction_``). "auto": "ridge" when the priors are thin (median width at most 12
-        working pixels), else "ld".
+        priors' foreground fraction (``prior_fraction_``). "atlas":
+        :func:`skuld.atlas.atlas_probability` with the priors' mean, stretched to each image's
+        frame, as the spatial prior (``atlas_``), at 256 px; a pixel is labelled where
+        ``|2p - 1| >= refine_confidence``. "auto": "ridge" when the priors are thin (median
+        width at most 12 working pixels), else "atlas" when the images have one orientation
+        and priors show the whole frame (``rotation=0`` and ``prior_scale="frame"``), else "ld".
     ridge_polarity : {"dark", "bright"}, default="dark"
         Whether the thin structures are darker than their surroundings (fundus vessels).
     fov : {"auto"} or None, default="auto"
@@ -137,21 +147,24 @@ class ShapeGuidedSegmenter(BaseEstimator):
         The trained LD network (cluster 0 = the structure): its embeddings and clusters can
         be used like any fitted encoder's.
     refiner_ : TransferSegmenter or None
-        The refinement U-Net (None with ``refine=False`` or after a collapse).
+        The refinement U-Net (None with ``refine=False`` or after a collapse of the "ld" route).
     cluster_fraction_ : float
         Fraction of the training images' field of view assigned to the structure by the LD
         network (``inference`` mode). Near 0 or 1 means the run collapsed.
     collapsed_ : bool
         True when ``cluster_fraction_`` is below 0.2 % or above 60 % (a
-        :class:`ClusterCollapseWarning` was issued and refinement skipped).
+        :class:`ClusterCollapseWarning` was issued; with "ld" pseudo-labels refinement is
+        skipped, the "ridge" and "atlas" routes do not depend on the LD clusters).
     prior_zooms_ : list of float
         Zoom applied to each prior mask before random crops (prior pixels -> working pixels).
     prior_fraction_ : float
         Foreground fraction of the prior crops the discriminator sees.
-    pseudo_labels_ : {"ld", "ridge"}
-        The source of the refinement's pseudo-labels ("auto" resolved; set when refining).
+    pseudo_labels_ : {"ld", "ridge", "atlas"}
+        The source of the refinement's pseudo-labels ("auto" resolved).
     ridge_sigmas_ : tuple of float
         Ridge scales in working pixels (with "ridge" pseudo-labels).
+    atlas_ : float32 array (128, 128)
+        Mean of the prior masks over the stretched frame (with "atlas" pseudo-labels).
     pseudo_label_fraction_ : float
         Fraction of the training pixels whose pseudo-label was confident enough to train on.
     n_channels_in_ : int
@@ -192,7 +205,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
         "refine": ["boolean"],
         "refine_iter": [Interval(Integral, 1, None, closed="left")],
         "refine_confidence": [Interval(Real, 0, 1, closed="left")],
-        "pseudo_labels": [StrOptions({"auto", "ld", "ridge"})],
+        "pseudo_labels": [StrOptions({"auto", "ld", "ridge", "atlas"})],
         "ridge_polarity": [StrOptions({"dark", "bright"})],
         "fov": [StrOptions({"auto"}), None],
         "encoder_params": [dict, None],
@@ -373,7 +386,8 @@ class ShapeGuidedSegmenter(BaseEstimator):
         self
         """
         self._validate_params()
-        for attr in ("encoder_", "refiner_", "collapsed_"):  # a failed fit must not look fitted
+        # A failed fit must not look fitted, nor keep the attributes of an earlier route.
+        for attr in ("encoder_", "refiner_", "collapsed_", "atlas_", "ridge_sigmas_"):
             self.__dict__.pop(attr, None)
         if shape_priors is None:
             self._priors(None)  # the named error, before X is looked at
@@ -409,15 +423,20 @@ class ShapeGuidedSegmenter(BaseEstimator):
         self.encoder_ = enc
         self.refiner_ = None
 
-        ld_labels = self._pseudo_source(priors) == "ld"
-        sigmas = None if ld_labels else self._ridge_sigmas(priors)
-        modes, fovs, ridge = [], [], []
+        source = self._pseudo_source(priors)
+        ld_labels = source == "ld"
+        if source == "ridge":
+            classical_label = functools.partial(self._ridge_label, sigmas=self._ridge_sigmas(priors))
+        elif source == "atlas":
+            self.atlas_ = shape_atlas(priors)
+            classical_label = self._atlas_label
+        modes, fovs, classical = [], [], []
         for i in range(len(images)):
             img = images[i] if images.from_files else train[i]
             fovs.append(self._fov(img))
             modes.append(self._ld_proba(img))
             if self.refine and not ld_labels:
-                ridge.append(self._ridge_label(img, fovs[-1], sigmas))
+                classical.append(classical_label(img, fovs[-1]))
         inside = np.concatenate([m[self.inference][f] for m, f in zip(modes, fovs)])
         self.cluster_fraction_ = float((inside > 0.5).mean()) if inside.size else 0.0
         self.collapsed_ = not 0.002 <= self.cluster_fraction_ <= 0.6
@@ -430,7 +449,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
                 return self
         if self.refine:
             t0 = time.perf_counter()
-            pseudo = [self._pseudo_label(m, f) for m, f in zip(modes, fovs)] if ld_labels else ridge
+            pseudo = [self._pseudo_label(m, f) for m, f in zip(modes, fovs)] if ld_labels else classical
             self.pseudo_label_fraction_ = float(np.mean([np.mean(p != _UNSURE) for p in pseudo]))
             self._log(f"refinement on {self.pseudo_label_fraction_ * 100:.1f} % confident pixels "
                       f"({self.pseudo_labels_} pseudo-labels), {self.refine_iter} steps")
@@ -452,12 +471,18 @@ class ShapeGuidedSegmenter(BaseEstimator):
         return self
 
     def _pseudo_source(self, priors: list[np.ndarray]) -> str:
-        """"ld" or "ridge"; "auto" picks ridges for thin priors (median width at most 12 working px)."""
+        """"ld", "ridge" or "atlas"; "auto" picks ridges for thin priors (median width at most 12
+        working px), the atlas for thick ones in a fixed orientation and framing, else LD."""
         if self.pseudo_labels != "auto":
             self.pseudo_labels_ = self.pseudo_labels
         else:
             widths = [structure_width(p) * z for p, z in zip(priors, self.prior_zooms_)]
-            self.pseudo_labels_ = "ridge" if float(np.nanmedian(widths)) <= 12 else "ld"
+            if float(np.nanmedian(widths)) <= 12:
+                self.pseudo_labels_ = "ridge"
+            elif self.rotation == 0 and self.prior_scale == "frame":
+                self.pseudo_labels_ = "atlas"
+            else:
+                self.pseudo_labels_ = "ld"
         return self.pseudo_labels_
 
     def _ridge_sigmas(self, priors: list[np.ndarray]) -> tuple[float, ...]:
@@ -482,6 +507,15 @@ class ShapeGuidedSegmenter(BaseEstimator):
                                     unsure_value=_UNSURE,
                                     fraction_range=(0.5 * self.prior_fraction_, 2 * self.prior_fraction_))
         label[fov & ~inner] = _UNSURE
+        return label
+
+    def _atlas_label(self, img: np.ndarray, fov: np.ndarray) -> np.ndarray:
+        """Atlas pseudo-labels of one float (H, W, C) image at its own resolution: 1 structure,
+        0 background, unsure where ``|2p - 1| < refine_confidence``; outside the field of view 0."""
+        p = atlas_probability(img, self.atlas_, fov, working_size=256)
+        label = (p > 0.5).astype(np.uint8)
+        label[np.abs(2 * p - 1) < self.refine_confidence] = _UNSURE
+        label[~fov] = 0
         return label
 
     def _pseudo_label(self, modes: dict[str, np.ndarray], fov: np.ndarray) -> np.ndarray:
