@@ -152,9 +152,10 @@ class ShapeGuidedSegmenter(BaseEstimator):
         Fraction of the training images' field of view assigned to the structure by the LD
         network (``inference`` mode). Near 0 or 1 means the run collapsed.
     collapsed_ : bool
-        True when ``cluster_fraction_`` is below 0.2 % or above 60 % (a
-        :class:`ClusterCollapseWarning` was issued; with "ld" pseudo-labels refinement is
-        skipped, the "ridge" and "atlas" routes do not depend on the LD clusters).
+        True when ``cluster_fraction_`` is below 0.2 % or above 60 %. With "ld" pseudo-labels
+        a :class:`ClusterCollapseWarning` is issued and refinement skipped; the "ridge" and
+        "atlas" routes do not depend on the LD clusters, and warn only with ``refine=False``
+        (when :meth:`predict` answers from the LD network).
     prior_zooms_ : list of float
         Zoom applied to each prior mask before random crops (prior pixels -> working pixels).
     prior_fraction_ : float
@@ -178,8 +179,8 @@ class ShapeGuidedSegmenter(BaseEstimator):
     >>> from skuld.datasets import load_cxr_tiny
     >>> data = load_cxr_tiny()                     # 4 X-rays (512, 512) uint8 and lung masks
     >>> seg = ShapeGuidedSegmenter(max_iter=4, refine_iter=2, image_size=128, crop_size=64,
-    ...                            rotation=0, random_state=0)  # 4 steps: a ClusterCollapseWarning says
-    ...                                                         # that nothing was learned yet
+    ...                            rotation=0, random_state=0)  # lungs: the atlas route; a few steps
+    ...                                                         # only to show the calls
     >>> seg.fit(data.images[:3], shape_priors=[data.masks[3]]).predict(data.images[:1]).shape
     (1, 512, 512)
     """
@@ -441,12 +442,19 @@ class ShapeGuidedSegmenter(BaseEstimator):
         self.cluster_fraction_ = float((inside > 0.5).mean()) if inside.size else 0.0
         self.collapsed_ = not 0.002 <= self.cluster_fraction_ <= 0.6
         if self.collapsed_:
-            warnings.warn(
-                f"cluster 0 covers {100 * self.cluster_fraction_:.2f} % of the field of view: the shape prior did "
-                "not take (collapse). Try more steps, another prior_scale, or a higher prior_weight"
-                + ("; refinement is skipped." if ld_labels else "."), ClusterCollapseWarning, stacklevel=2)
-            if ld_labels:
-                return self
+            message = (f"cluster 0 covers {100 * self.cluster_fraction_:.2f} % of the field of view: the shape "
+                       "prior did not take (collapse). Try more steps, another prior_scale, or a higher prior_weight")
+            if ld_labels or not self.refine:
+                warnings.warn(message + ("; refinement is skipped." if ld_labels and self.refine else "."),
+                              ClusterCollapseWarning, stacklevel=2)
+                if ld_labels:
+                    return self
+            else:
+                # The answer will come from the refinement network trained on the classical
+                # pseudo-labels, which do not depend on cluster 0: a warning on every such fit
+                # would be noise. Only the LD modes of predict are affected.
+                self._log(message.split(":")[0] + f"; predict uses the network trained on {source} pseudo-labels, "
+                          "only mode='cluster' / 'similarity' are affected")
         if self.refine:
             t0 = time.perf_counter()
             pseudo = [self._pseudo_label(m, f) for m, f in zip(modes, fovs)] if ld_labels else classical

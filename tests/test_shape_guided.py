@@ -224,10 +224,15 @@ def test_collapse_is_detected_and_reported(data, monkeypatch):
     assert seg.collapsed_ and seg.cluster_fraction_ == 0 and seg.refiner_ is None
     with pytest.raises(ValueError, match="no refinement network"):
         seg.predict(X[:1], mode="refined")
-    # Ridge pseudo-labels do not depend on cluster 0: refinement still runs, with the warning.
-    with pytest.warns(ClusterCollapseWarning):
+    # Ridge pseudo-labels do not depend on cluster 0: refinement still runs, and predict answers
+    # from it, so there is nothing to warn about; the collapse is still recorded.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClusterCollapseWarning)
         seg = ShapeGuidedSegmenter(**{**SMALL, "max_iter": 2, "pseudo_labels": "ridge"}).fit(X[:2], priors)
     assert seg.collapsed_ and seg.refiner_ is not None and seg.pseudo_labels_ == "ridge"
+    # ... but without refinement predict answers from the collapsed LD network: warned.
+    with pytest.warns(ClusterCollapseWarning, match="collapse"):
+        ShapeGuidedSegmenter(**{**SMALL, "max_iter": 2, "pseudo_labels": "ridge", "refine": False}).fit(X[:2], priors)
 
 
 def test_segments_synthetic_tubes_without_their_labels():
@@ -255,9 +260,7 @@ def test_segments_lung_like_structures_from_priors_of_another_generator():
     priors = lung_shapes(n=6, seed=1)
     seg = ShapeGuidedSegmenter(max_iter=20, refine_iter=150, batch_size=2, crop_size=64, image_size=96,
                                rotation=0, encoder_params=dict(width=0.25, patch_grid=4), random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ClusterCollapseWarning)  # LD clusters are not used on this route
-        seg.fit(X, priors)
+    seg.fit(X, priors)
     assert seg.pseudo_labels_ == "atlas" and seg.refiner_ is not None
     assert seg.atlas_.shape == (128, 128) and 0 <= seg.atlas_.min() and seg.atlas_.max() <= 1
     X_test, y_test = lungs(n=4, size=96, seed=7)
