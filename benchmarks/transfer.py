@@ -221,6 +221,11 @@ def _rows(records: list[dict], dataset: str) -> tuple[list[dict], list[str]]:
     return recs, list(METHODS) + sorted({r["method"] for r in recs} - set(METHODS))
 
 
+def _sd(values) -> float:
+    """Sample standard deviation over seeds (ddof=1; 0 for a single seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _paired_rows(recs: list[dict], methods: list[str], ns: list[int], structure: str) -> list[str]:
     """Table rows: per method and number of labels, mean +- std over seeds of the Dice of
     ``structure`` minus that of random initialisation trained as long on the same images."""
@@ -234,7 +239,7 @@ def _paired_rows(recs: list[dict], methods: list[str], ns: list[int], structure:
             base = {r["seed"]: r["dice"][structure] for r in recs if r["method"] == baseline and r["n_labelled"] == n}
             d = [r["dice"][structure] - base[r["seed"]] for r in recs
                  if r["method"] == method and r["n_labelled"] == n and r["seed"] in base]
-            cells.append(f"{np.mean(d):+.3f} +- {np.std(d):.3f} (n={len(d)})" if d else "-")
+            cells.append(f"{np.mean(d):+.3f} +- {_sd(d):.3f} (n={len(d)})" if d else "-")
         if any(c != "-" for c in cells):
             rows.append(f"| {method} | " + " | ".join(cells) + " |")
     return rows
@@ -244,7 +249,8 @@ def report(records: list[dict]) -> str:
     """Markdown tables: mean +- std over seeds of the mean Dice, per dataset, method, labels."""
     lines = ["# Transfer: does pretraining help segmentation with few labels?", "",
              "Written by `python benchmarks/transfer.py --report` from `transfer.json`; every number is "
-             "the test-set Dice (mean over test images), mean +- standard deviation over seeds (n = seeds).", ""]
+             "the test-set Dice (mean over test images), mean +- sample standard deviation over seeds (ddof=1; "
+             "n = seeds).", ""]
     pre = pretraining_info()
     if pre:
         lines += ["Pretraining runs (160 px crops, batch 4). The budget is 30 CPU minutes on 2 cores; a step takes "
@@ -268,7 +274,7 @@ def report(records: list[dict]) -> str:
             cells = []
             for n in ns:
                 vals = [r["dice"]["mean"] for r in recs if r["method"] == method and r["n_labelled"] == n]
-                cells.append(f"{np.mean(vals):.3f} +- {np.std(vals):.3f} (n={len(vals)})" if vals else "-")
+                cells.append(f"{np.mean(vals):.3f} +- {_sd(vals):.3f} (n={len(vals)})" if vals else "-")
             if any(c != "-" for c in cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         paired = [("mean", "Paired difference to random initialisation (same labelled images, same seed):")]
@@ -312,7 +318,7 @@ def plot(records: list[dict], path: Path) -> None:
             if not ns:
                 continue
             m = [np.mean([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
-            s = [np.std([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
+            s = [_sd([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
             base = method.split(" (")[0]
             ax.errorbar(ns, m, yerr=s, marker="o" if base == method else "s", capsize=3, label=method,
                         color=f"C{METHODS.index(base)}", alpha=1.0 if base == method else 0.6)
