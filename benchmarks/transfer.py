@@ -24,7 +24,8 @@ rerun), and ``--report`` writes ``transfer.md`` and ``transfer.png`` (also into 
 
 Usage::
 
-    python benchmarks/transfer_data.py pretrain drive-ld drive-pd cxr-ld   # once, cached
+    python benchmarks/transfer_data.py pretrain drive-ld drive-pd             # once, cached
+    python benchmarks/transfer_data.py pretrain cxr-ld cxr-pd --max-iter 1000
     python benchmarks/transfer.py --dataset drive --methods random ld-schedule --labels 2 --seeds 0 1 2
     python benchmarks/transfer.py --report
 """
