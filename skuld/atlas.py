@@ -148,7 +148,8 @@ def atlas_probability(image, atlas, fov=None, working_size: int | None = 256, bl
     Returns
     -------
     ndarray (H, W), float32 in [0, 1]
-        At the image's own resolution.
+        At the image's own resolution. All zeros when the field of view holds fewer than 2
+        working pixels or no contrast (a flat image: nothing to tell apart).
 
     Examples
     --------
