@@ -27,6 +27,8 @@ Usage::
     python benchmarks/transfer_data.py pretrain drive-ld drive-pd             # once, cached
     python benchmarks/transfer_data.py pretrain cxr-ld cxr-pd --max-iter 1000
     python benchmarks/transfer.py --dataset drive --methods random ld-schedule --labels 2 --seeds 0 1 2
+    python benchmarks/transfer.py --dataset drive --methods random ld-schedule --labels 1 2 \
+        --test-time-augmentation flips                     # predictions averaged over the 4 flips
     python benchmarks/transfer.py --report
 """
 
@@ -100,8 +102,8 @@ def segmenter_params(dataset: str, method: str, max_iter: int, seed: int) -> dic
     return {**common, "encoder": str(path), "freeze": "encoder" if method.endswith("frozen") else "schedule"}
 
 
-def run_unet(dataset, method, xs, ys, xt, max_iter, seed):
-    seg = TransferSegmenter(**segmenter_params(dataset, method, max_iter, seed))
+def run_unet(dataset, method, xs, ys, xt, max_iter, seed, tta=None):
+    seg = TransferSegmenter(**segmenter_params(dataset, method, max_iter, seed), test_time_augmentation=tta)
     seg.fit(xs, ys)
     return seg.predict(xt), {"final_loss": seg.loss_history_[-1]["loss"]}
 
@@ -164,7 +166,7 @@ def run_rf(dataset, xs, ys, fs, xt, seed):
     return pred, {}
 
 
-def run_one(dataset, method, n, seed, max_iter, cache):
+def run_one(dataset, method, n, seed, max_iter, cache, tta=None):
     xi, yi, fi, xt, yt, ft = cache
     idx = subset(len(xi), n, seed)
     xs, ys = [xi[i] for i in idx], [yi[i] for i in idx]
@@ -175,15 +177,16 @@ def run_one(dataset, method, n, seed, max_iter, cache):
     elif method == "rf":
         pred, info = run_rf(dataset, xs, ys, fs, xt, seed)
     else:
-        pred, info = run_unet(dataset, method, xs, ys, xt, max_iter, seed)
+        pred, info = run_unet(dataset, method, xs, ys, xt, max_iter, seed, tta)
     seconds = time.perf_counter() - start
+    unet = method not in ("ld-probe", "rf")
     return {"dataset": dataset, "method": method, "n_labelled": n, "seed": seed, "images": idx,
-            "max_iter": max_iter if method not in ("ld-probe", "rf") else None, "seconds": seconds,
+            "max_iter": max_iter if unet else None, "tta": tta if unet else None, "seconds": seconds,
             "dice": score(dataset, pred, yt, ft), **info}
 
 
 def key(r):
-    return (r["dataset"], r["method"], r["n_labelled"], r["seed"], r.get("max_iter"))
+    return (r["dataset"], r["method"], r["n_labelled"], r["seed"], r.get("max_iter"), r.get("tta"))
 
 
 def load_results() -> list[dict]:
@@ -211,12 +214,15 @@ def pretraining_info() -> dict:
 
 
 def _rows(records: list[dict], dataset: str) -> tuple[list[dict], list[str]]:
-    """The dataset's records, U-Nets trained for other than the usual number of steps
-    renamed into rows of their own; and the row names in order."""
+    """The dataset's records, U-Nets trained for other than the usual number of steps or
+    predicting with test-time augmentation renamed into rows of their own ("ld-schedule
+    +flips (1000 steps)"); and the row names in order."""
     recs = [dict(r) for r in records if r["dataset"] == dataset]
     steps = [r["max_iter"] for r in recs if r["max_iter"] is not None]
     usual = max(set(steps), key=steps.count) if steps else None
     for r in recs:
+        if r.get("tta"):
+            r["method"] = f"{r['method']} +{r['tta']}"
         if r["max_iter"] not in (None, usual):
             r["method"] = f"{r['method']} ({r['max_iter']} steps)"
     return recs, list(METHODS) + sorted({r["method"] for r in recs} - set(METHODS))
@@ -229,10 +235,11 @@ def _sd(values) -> float:
 
 def _paired_rows(recs: list[dict], methods: list[str], ns: list[int], structure: str) -> list[str]:
     """Table rows: per method and number of labels, mean +- std over seeds of the Dice of
-    ``structure`` minus that of random initialisation trained as long on the same images."""
+    ``structure`` minus that of random initialisation trained as long, predicting the same way,
+    on the same images."""
     rows = []
     for method in methods[1:]:
-        baseline = "random" + method[method.index(" ("):] if " (" in method else "random"
+        baseline = "random" + method[method.index(" "):] if " " in method else "random"
         if method == baseline:
             continue
         cells = []
@@ -320,7 +327,7 @@ def plot(records: list[dict], path: Path) -> None:
                 continue
             m = [np.mean([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
             s = [_sd([r["dice"]["mean"] for r in recs if r["n_labelled"] == n]) for n in ns]
-            base = method.split(" (")[0]
+            base = method.split(" ")[0]
             ax.errorbar(ns, m, yerr=s, marker="o" if base == method else "s", capsize=3, label=method,
                         color=f"C{METHODS.index(base)}", alpha=1.0 if base == method else 0.6)
         ax.set_xscale("log")
@@ -343,6 +350,8 @@ def main(argv=None):
     ap.add_argument("--labels", nargs="+", type=int, default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--max-iter", type=int, default=500, help="training steps of every U-Net")
+    ap.add_argument("--test-time-augmentation", choices=["flips", "dihedral"], default=None,
+                    help="the U-Nets predict averaged over these views (rows of their own: 'random +flips')")
     ap.add_argument("--report", action="store_true", help="write transfer.md and transfer.png from the JSON")
     args = ap.parse_args(argv)
     if args.report:
@@ -360,11 +369,13 @@ def main(argv=None):
     for n in args.labels or LABELS[args.dataset]:
         for method in args.methods:
             for seed in args.seeds:
+                unet = method not in ("ld-probe", "rf")
                 probe = {"dataset": args.dataset, "method": method, "n_labelled": n, "seed": seed,
-                         "max_iter": args.max_iter if method not in ("ld-probe", "rf") else None}
+                         "max_iter": args.max_iter if unet else None,
+                         "tta": args.test_time_augmentation if unet else None}
                 if any(key(r) == key(probe) for r in load_results()):
                     continue
-                rec = run_one(args.dataset, method, n, seed, args.max_iter, cache)
+                rec = run_one(args.dataset, method, n, seed, args.max_iter, cache, args.test_time_augmentation)
                 print(f"{args.dataset} {method} n={n} seed={seed}: Dice {rec['dice']} in {rec['seconds']:.0f} s",
                       flush=True)
                 records = [r for r in load_results() if key(r) != key(rec)] + [rec]  # other processes may add

@@ -71,6 +71,28 @@ def tiled_forward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return out
 
 
+# Test-time augmentation: the views of the dihedral group of the square that a prediction averages.
+# View k flips the columns (bit 0), the rows (bit 1), then swaps rows and columns (bit 2); the
+# first 4 views are the flips, all 8 the flips and quarter turns.
+TEST_TIME_VIEWS = {None: 1, "flips": 4, "dihedral": 8}
+
+
+def _view(x: torch.Tensor, k: int) -> torch.Tensor:
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x.transpose(-1, -2) if k & 4 else x
+
+
+def _unview(x: torch.Tensor, k: int) -> torch.Tensor:
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 2:
+        x = x.flip(-2)
+    return x.flip(-1) if k & 1 else x
+
+
 def _upsample_rows(src: torch.Tensor, size: tuple[int, int], block_rows: int):
     """Yield (row0, rows) blocks of ``src`` (C, h, w) bilinearly resampled to ``size`` (H, W).
 
@@ -150,6 +172,7 @@ def segment_image(
     tile_margin: int = 96,
     block_rows: int = 256,
     name: str = "image",
+    test_time_augmentation: str | None = None,
 ) -> None:
     """Write the class probabilities of one image into ``out``.
 
@@ -161,7 +184,13 @@ def segment_image(
     out : float32 array of shape (H, W, K), filled in place with the softmax of the
         logits computed at the working resolution and resampled bilinearly to (H, W)
         (a convex combination, so each pixel's K values still sum to 1).
+    test_time_augmentation : {None, "flips", "dihedral"}
+        Average the probabilities of the image seen as is (None), flipped in the 4 ways
+        ("flips") or also transposed (8 views, "dihedral": flips and quarter turns), each
+        mapped back before averaging. Costs 4 or 8 forward passes.
     """
+    if test_time_augmentation not in TEST_TIME_VIEWS:
+        raise ValueError(f"test_time_augmentation must be None, 'flips' or 'dihedral', got {test_time_augmentation!r}")
     big_h, big_w = img.shape[:2]
     check_min_size(big_h, big_w, name)
     h, w = working_shape(big_h, big_w, image_size)
@@ -173,8 +202,14 @@ def segment_image(
             t = t.contiguous(memory_format=torch.channels_last)
         return torch.softmax(net(t)[0, :, :th, :tw].float(), dim=0)
 
+    n_views = TEST_TIME_VIEWS[test_time_augmentation]
     with autocast(device, amp_dtype):
         probs = tiled_forward(forward, x, tile_size, tile_margin)
+        for k in range(1, n_views):
+            view = _view(x, k).contiguous()
+            probs += _unview(tiled_forward(forward, view, tile_size, tile_margin), k)
+    if n_views > 1:
+        probs /= n_views
     if (h, w) == (big_h, big_w):
         out[...] = probs.permute(1, 2, 0).cpu().numpy()
         return

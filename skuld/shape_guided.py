@@ -123,6 +123,14 @@ class ShapeGuidedSegmenter(BaseEstimator):
         ``|2p - 1| >= refine_confidence``. "auto": "ridge" when the priors are thin (median
         width at most 12 working pixels), else "atlas" when the images have one orientation
         and priors show the whole frame (``rotation=0`` and ``prior_scale="frame"``), else "ld".
+    test_time_augmentation : {"auto", None, "flips", "dihedral"}, default="auto"
+        Views of each image whose probabilities the refinement network averages at
+        prediction (see :class:`skuld.TransferSegmenter`). "auto": "dihedral" (4 flips and
+        their transposes) when the structure has no orientation (``rotation >= 90``, so the
+        network was trained on quarter turns), else "flips" (the refinement is always trained
+        with flips). On DRIVE (OCTA priors) "dihedral" adds 0.003-0.016 Dice at 8 times the
+        prediction time (benchmarks/results/shape_guided.md). Read at prediction only:
+        ``set_params`` on a fitted model changes it. LD modes are not affected.
     ridge_polarity : {"dark", "bright"}, default="dark"
         Whether the thin structures are darker than their surroundings (fundus vessels).
     fov : {"auto"} or None, default="auto"
@@ -207,6 +215,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
         "refine_iter": [Interval(Integral, 1, None, closed="left")],
         "refine_confidence": [Interval(Real, 0, 1, closed="left")],
         "pseudo_labels": [StrOptions({"auto", "ld", "ridge", "atlas"})],
+        "test_time_augmentation": [StrOptions({"auto", "flips", "dihedral"}), None],
         "ridge_polarity": [StrOptions({"dark", "bright"})],
         "fov": [StrOptions({"auto"}), None],
         "encoder_params": [dict, None],
@@ -241,6 +250,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
         refine_iter=1000,
         refine_confidence=0.5,
         pseudo_labels="auto",
+        test_time_augmentation="auto",
         ridge_polarity="dark",
         fov="auto",
         encoder_params=None,
@@ -272,6 +282,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
         self.refine_iter = refine_iter
         self.refine_confidence = refine_confidence
         self.pseudo_labels = pseudo_labels
+        self.test_time_augmentation = test_time_augmentation
         self.ridge_polarity = ridge_polarity
         self.fov = fov
         self.encoder_params = encoder_params
@@ -598,7 +609,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
         for i in range(len(images)):
             img = images[i]
             if mode == "refined":
-                p = self.refiner_.predict_proba([img])[0][..., 1]
+                p = self.refiner_._proba([img], self._test_time_views())[0][..., 1]
             else:
                 p = self._ld_proba(img)[mode]
             p = np.where(regions[i], p, 0.0).astype(np.float32)
@@ -606,6 +617,14 @@ class ShapeGuidedSegmenter(BaseEstimator):
         if images.is_ragged:
             return results
         return np.stack(results) if results else np.empty((0, 0, 0, 2), np.float32)
+
+    def _test_time_views(self):
+        tta = self.test_time_augmentation
+        if tta == "auto":
+            return "dihedral" if self.rotation >= 90 else "flips"
+        if tta not in (None, "flips", "dihedral"):
+            raise ValueError(f"test_time_augmentation must be 'auto', None, 'flips' or 'dihedral', got {tta!r}")
+        return tta
 
     def _mode(self, mode):
         if mode is None:
@@ -662,6 +681,10 @@ class ShapeGuidedSegmenter(BaseEstimator):
     def _log(self, msg: str) -> None:
         if self.verbose:
             print(f"[skuld] {msg}", file=sys.stderr, flush=True)
+
+    def __setstate__(self, state):
+        state.setdefault("test_time_augmentation", None)  # models saved before the parameter existed
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

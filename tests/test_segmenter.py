@@ -1,5 +1,7 @@
 """TransferSegmenter: a U-Net trained on few labels, with or without a pretrained encoder."""
 
+import copy
+
 import joblib
 import numpy as np
 import pytest
@@ -198,3 +200,38 @@ def test_ignore_label_pixels_count_for_nothing():
     assert class_dice(pred.astype(np.uint8), fake, [1], regions=regions) == 1.0
     with pytest.raises(ValueError, match="single value"):
         TransferSegmenter(**{**SMALL, "ignore_label": 255}).fit(X, np.full(y.shape, 255, np.uint8))
+
+
+def _dihedral(a, k):
+    """View k of the square's dihedral group on the (H, W) axes of (n, H, W[, C]) arrays."""
+    a = a[:, :, ::-1] if k & 1 else a
+    a = a[:, ::-1] if k & 2 else a
+    return np.ascontiguousarray(np.swapaxes(a, 1, 2) if k & 4 else a)
+
+
+@pytest.mark.parametrize("views, n_views", [("flips", 4), ("dihedral", 8)])
+def test_test_time_augmentation_is_equivariant_to_its_views(fitted, views, n_views):
+    X = task(n=2, seed=3)[0]  # 64 x 64 at native resolution: no padding breaks the symmetry
+    plain = fitted.predict_proba(X)
+    seg = copy.deepcopy(fitted).set_params(test_time_augmentation=views)
+    averaged = seg.predict_proba(X)
+    inverse = [0, 1, 2, 3, 4, 6, 5, 7]  # transpose-then-flip-rows undoes flip-columns-then-transpose
+    by_hand = np.mean([_dihedral(fitted.predict_proba(_dihedral(X, k)), inverse[k]) for k in range(n_views)], axis=0)
+    np.testing.assert_allclose(averaged, by_hand, atol=1e-5)
+    for k in range(n_views):
+        np.testing.assert_allclose(seg.predict_proba(_dihedral(X, k)), _dihedral(averaged, k), atol=1e-5)
+    # Without averaging, the network alone is not equivariant: the check above has teeth.
+    assert not np.allclose(fitted.predict_proba(_dihedral(X, 1)), _dihedral(plain, 1), atol=1e-3)
+    np.testing.assert_allclose(averaged.sum(-1), 1, atol=1e-5)
+
+
+def test_bad_test_time_augmentation_is_named_and_old_models_load(fitted):
+    seg = copy.deepcopy(fitted).set_params(test_time_augmentation="rot45")
+    with pytest.raises(ValueError, match="test_time_augmentation"):
+        seg.predict_proba(task(n=1)[0])
+    state = fitted.__getstate__()
+    del state["test_time_augmentation"]  # a model pickled before the parameter existed
+    old = TransferSegmenter.__new__(TransferSegmenter)
+    old.__setstate__(state)
+    assert old.test_time_augmentation is None
+    np.testing.assert_array_equal(old.predict(task(n=1)[0]), fitted.predict(task(n=1)[0]))

@@ -1,5 +1,6 @@
 """ShapeGuidedSegmenter: a structure learned without its labels, guided by shapes from elsewhere."""
 
+import copy
 import warnings
 
 import joblib
@@ -283,3 +284,18 @@ def test_non_vessel_structure_runs_the_ld_route():
     assert 0 <= seg.cluster_fraction_ <= 1
     pred = seg.predict(X[:2], mode="similarity")
     assert pred.shape == (2, 96, 96) and pred.dtype == bool
+
+
+def test_refined_prediction_averages_the_views_its_training_saw(fitted, data):
+    X = data[0][:1]
+    assert fitted.refiner_ is not None
+    assert fitted._test_time_views() == "dihedral"  # rotation=180: vessels have no orientation
+    assert clone(fitted).set_params(rotation=0)._test_time_views() == "flips"
+    turned = np.ascontiguousarray(np.rot90(X, axes=(1, 2)))
+    p = fitted.predict_proba(X, mode="refined")[..., 1]
+    np.testing.assert_allclose(fitted.predict_proba(turned, mode="refined")[..., 1], np.rot90(p, axes=(1, 2)),
+                               atol=1e-5)
+    plain = copy.deepcopy(fitted).set_params(test_time_augmentation=None)
+    assert not np.allclose(plain.predict_proba(X, mode="refined")[..., 1], p, atol=1e-4)
+    with pytest.raises(ValueError, match="test_time_augmentation"):
+        copy.deepcopy(fitted).set_params(test_time_augmentation="all").predict(X)
