@@ -189,8 +189,9 @@ def atlas_probability(image, atlas, fov=None, working_size: int | None = 256, bl
     core = _moments((_place(atlas, shape) > 0.5).astype(np.float64))
 
     def prior(shift=(0.0, 0.0), scale=(1.0, 1.0)):
-        placed = ndi.gaussian_filter(_place(atlas, shape, shift, scale), sigma) if sigma > 0 else _place(
-            atlas, shape, shift, scale)
+        placed = _place(atlas, shape, shift, scale)
+        if sigma > 0:
+            placed = ndi.gaussian_filter(placed, sigma)
         return placed[inside].clip(_FLOOR, 1 - _FLOOR)
 
     post = _em(x, prior(), iterations)
