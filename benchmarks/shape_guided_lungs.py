@@ -10,10 +10,11 @@ structure) on the 40 images of the transfer benchmark's patient-disjoint test sp
 * ``atlas``: the mean prior mask stretched to each image's frame, > 0.5 (place alone);
 * ``atlas-em``: :func:`skuld.atlas.atlas_probability` > 0.5 (place + the image's intensities,
   the pseudo-labels before the network; no training);
-* ``sg``: the fitted segmenter in each inference mode (``refined+flips``, the refinement
-  network averaged over the 4 flips, is its default answer; ``refined`` the network alone;
-  the LD ``cluster`` / ``similarity`` modes are the paper's adversarial route). Records of a
-  seed without ``refined+flips`` (before test-time augmentation existed) are refitted.
+* ``sg``: the fitted segmenter in each inference mode (``refined``, the refinement network
+  from one view, is its default answer here: ``test_time_augmentation="auto"`` with
+  ``rotation=0``; ``refined+flips`` the same network averaged over the 4 flips; the LD
+  ``cluster`` / ``similarity`` modes are the paper's adversarial route). Records of a seed
+  without ``refined+flips`` (before test-time augmentation existed) are refitted.
 
 For scale, the same test images' lung Dice of a U-Net trained *with* 1, 2 or 5 labelled images
 of this collection is read from ``transfer.json`` when present (fine-tuned from the LD
@@ -86,8 +87,8 @@ def run_sg(seed: int, train, test, lungs) -> list[dict]:
     data.CACHE.mkdir(parents=True, exist_ok=True)
     joblib.dump(seg, data.CACHE / f"shape_guided_lungs-{seed}.joblib")
     out = []
-    # "refined": the refinement network alone; "refined+flips": averaged over the 4 flips, the
-    # default (test_time_augmentation="auto" with rotation=0).
+    # "refined": one view, the default here (test_time_augmentation="auto" with rotation=0);
+    # "refined+flips": averaged over the 4 flips.
     modes = [("refined", None), ("refined+flips", "flips"), ("similarity", None), ("cluster", None)]
     for name, views in modes:
         if name.startswith("refined") and seg.refiner_ is None:

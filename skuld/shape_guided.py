@@ -127,10 +127,11 @@ class ShapeGuidedSegmenter(BaseEstimator):
         Views of each image whose probabilities the refinement network averages at
         prediction (see :class:`skuld.TransferSegmenter`). "auto": "dihedral" (4 flips and
         their transposes) when the structure has no orientation (``rotation >= 90``, so the
-        network was trained on quarter turns), else "flips" (the refinement is always trained
-        with flips). On DRIVE (OCTA priors) "dihedral" adds 0.003-0.016 Dice at 8 times the
-        prediction time (benchmarks/results/shape_guided.md). Read at prediction only:
-        ``set_params`` on a fitted model changes it. LD modes are not affected.
+        network was trained on quarter turns), else None (one view). On DRIVE (OCTA priors)
+        "dihedral" adds 0.003-0.016 Dice at 8 times the prediction time
+        (benchmarks/results/shape_guided.md); on lungs (``rotation=0``) "flips" did not help
+        (0.771 against 0.774, benchmarks/results/shape_guided_lungs.md). Read at prediction
+        only: ``set_params`` on a fitted model changes it. LD modes are not affected.
     ridge_polarity : {"dark", "bright"}, default="dark"
         Whether the thin structures are darker than their surroundings (fundus vessels).
     fov : {"auto"} or None, default="auto"
@@ -621,7 +622,7 @@ class ShapeGuidedSegmenter(BaseEstimator):
     def _test_time_views(self):
         tta = self.test_time_augmentation
         if tta == "auto":
-            return "dihedral" if self.rotation >= 90 else "flips"
+            return "dihedral" if self.rotation >= 90 else None
         if tta not in (None, "flips", "dihedral"):
             raise ValueError(f"test_time_augmentation must be 'auto', None, 'flips' or 'dihedral', got {tta!r}")
         return tta
