@@ -6,6 +6,8 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
@@ -235,3 +237,15 @@ def test_bad_test_time_augmentation_is_named_and_old_models_load(fitted):
     old.__setstate__(state)
     assert old.test_time_augmentation is None
     np.testing.assert_array_equal(old.predict(task(n=1)[0]), fitted.predict(task(n=1)[0]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_each_view_is_undone_and_the_eight_views_differ(h, w, seed):
+    from skuld.inference import _unview, _view
+
+    x = torch.from_numpy(np.random.default_rng(seed).random((2, h, w)))
+    for k in range(8):
+        np.testing.assert_array_equal(_unview(_view(x, k), k).numpy(), x.numpy())
+    square = torch.arange(16.0).reshape(4, 4)
+    assert len({tuple(_view(square, k).flatten().tolist()) for k in range(8)}) == 8
