@@ -11,8 +11,8 @@ Label-efficiency on real data, every method in the same run and on the same spli
 Methods (the U-Nets all train ``--max-iter`` steps of 4 crops of 160 px, the same budget):
 
 * ``random``: U-Net from random initialisation (the baseline);
-* ``ld-schedule`` / ``ld-frozen``: encoder from LD pretraining, ``freeze="schedule"`` /
-  ``"encoder"``;
+* ``ld-schedule`` / ``ld-frozen`` / ``ld-none``: encoder from LD pretraining,
+  ``freeze="schedule"`` / ``"encoder"`` / ``"none"`` (everything fine-tuned from the first step);
 * ``pd-schedule``: encoder from patch discrimination only (the ablation of the region stage);
 * ``ld-probe``: logistic regression on the LD embeddings (PixelClassifier);
 * ``rf``: skimage ``multiscale_basic_features`` + RandomForest on the same sampled pixels.
@@ -54,7 +54,7 @@ from skuld import PixelClassifier, TransferSegmenter  # noqa: E402
 from skuld.metrics import dice  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "transfer"
-METHODS = ("random", "ld-schedule", "ld-frozen", "pd-schedule", "ld-probe", "rf")
+METHODS = ("random", "ld-schedule", "ld-frozen", "ld-none", "pd-schedule", "ld-probe", "rf")
 LABELS = {"drive": (1, 2, 5, 20), "cxr": (1, 2, 5, 19)}
 #: Seconds per LD step at 160 px, batch 4 on the 2-core CI machine, measured alone (README).
 STEP_SECONDS = 1.3
@@ -99,7 +99,8 @@ def segmenter_params(dataset: str, method: str, max_iter: int, seed: int) -> dic
     path = data.encoder_path(f"{dataset}-{kind}")
     if not path.exists():
         raise SystemExit(f"{path} missing: run python benchmarks/transfer_data.py pretrain {dataset}-{kind}")
-    return {**common, "encoder": str(path), "freeze": "encoder" if method.endswith("frozen") else "schedule"}
+    freeze = {"frozen": "encoder", "none": "none"}.get(method.split("-")[1], "schedule")
+    return {**common, "encoder": str(path), "freeze": freeze}
 
 
 def run_unet(dataset, method, xs, ys, xt, max_iter, seed, tta=None):
@@ -166,23 +167,31 @@ def run_rf(dataset, xs, ys, fs, xt, seed):
     return pred, {}
 
 
-def run_one(dataset, method, n, seed, max_iter, cache, tta=None):
+def run_one(dataset, method, n, seed, max_iter, cache, tta=None, score_pool=False):
+    """One record. ``score_pool``: also predict the pool images that are not labelled this time
+    and record their Dice as ``dice_pool`` (settings can then be compared without the test set;
+    ``seconds`` then includes those predictions)."""
     xi, yi, fi, xt, yt, ft = cache
     idx = subset(len(xi), n, seed)
     xs, ys = [xi[i] for i in idx], [yi[i] for i in idx]
     fs = None if fi is None else [fi[i] for i in idx]
+    rest = [i for i in range(len(xi)) if i not in idx] if score_pool else []
+    targets = list(xt) + [xi[i] for i in rest]
     start = time.perf_counter()
     if method == "ld-probe":
-        pred, info = run_probe(dataset, xs, ys, fs, xt, seed)
+        pred, info = run_probe(dataset, xs, ys, fs, targets, seed)
     elif method == "rf":
-        pred, info = run_rf(dataset, xs, ys, fs, xt, seed)
+        pred, info = run_rf(dataset, xs, ys, fs, targets, seed)
     else:
-        pred, info = run_unet(dataset, method, xs, ys, xt, max_iter, seed, tta)
+        pred, info = run_unet(dataset, method, xs, ys, targets, max_iter, seed, tta)
     seconds = time.perf_counter() - start
     unet = method not in ("ld-probe", "rf")
+    if rest:
+        info["dice_pool"] = score(dataset, pred[len(xt):], [yi[i] for i in rest],
+                                  None if fi is None else [fi[i] for i in rest])
     return {"dataset": dataset, "method": method, "n_labelled": n, "seed": seed, "images": idx,
             "max_iter": max_iter if unet else None, "tta": tta if unet else None, "seconds": seconds,
-            "dice": score(dataset, pred, yt, ft), **info}
+            "dice": score(dataset, pred[:len(xt)], yt, ft), **info}
 
 
 def key(r):
@@ -291,6 +300,18 @@ def report(records: list[dict]) -> str:
                 cells.append(f"{np.mean(vals):.3f} +- {_sd(vals):.3f} (n={len(vals)})" if vals else "-")
             if any(c != "-" for c in cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        pooled = [m for m in methods if any(r["method"] == m and "dice_pool" in r for r in recs)]
+        if pooled:  # settings compared without the test set
+            lines += ["", "Dice on the pool's images that were not labelled in the run (the training images of "
+                      "DRIVE, the X-ray pool; `--score-pool`), for comparing settings without the test set:", "",
+                      "| method | " + " | ".join(f"{n} labelled" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+            for method in pooled:
+                cells = []
+                for n in ns:
+                    vals = [r["dice_pool"]["mean"] for r in recs
+                            if r["method"] == method and r["n_labelled"] == n and "dice_pool" in r]
+                    cells.append(f"{np.mean(vals):.3f} +- {_sd(vals):.3f} (n={len(vals)})" if vals else "-")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
         paired = [("mean", "random", "", "Paired difference to random initialisation (same labelled images, same "
                    "seed):")]
         if dataset == "cxr":  # the issue's target is on the lungs
@@ -315,7 +336,7 @@ def report(records: list[dict]) -> str:
                             f"{np.mean([r['dice'][s] for r in sel]):.3f}" for s in structures) + " |")
         secs = {m: np.mean([r["seconds"] for r in recs if r["method"] == m]) for m in methods
                 if any(r["method"] == m for r in recs)}
-        lines += ["", "Seconds per fit + test prediction (mean): "
+        lines += ["", "Seconds per fit + test prediction (mean; runs with `--score-pool` include the pool's): "
                   + ", ".join(f"{m} {s:.0f}" for m, s in secs.items()), ""]
     return "\n".join(lines) + "\n"
 
@@ -362,6 +383,8 @@ def main(argv=None):
     ap.add_argument("--max-iter", type=int, default=500, help="training steps of every U-Net")
     ap.add_argument("--test-time-augmentation", choices=["flips", "dihedral"], default=None,
                     help="the U-Nets predict averaged over these views (rows of their own: 'random +flips')")
+    ap.add_argument("--score-pool", action="store_true",
+                    help="also score the pool images not labelled in each run (dice_pool; reruns records without it)")
     ap.add_argument("--report", action="store_true", help="write transfer.md and transfer.png from the JSON")
     args = ap.parse_args(argv)
     if args.report:
@@ -383,9 +406,11 @@ def main(argv=None):
                 probe = {"dataset": args.dataset, "method": method, "n_labelled": n, "seed": seed,
                          "max_iter": args.max_iter if unet else None,
                          "tta": args.test_time_augmentation if unet else None}
-                if any(key(r) == key(probe) for r in load_results()):
+                done = [r for r in load_results() if key(r) == key(probe)]
+                if done and (not args.score_pool or "dice_pool" in done[0]):
                     continue
-                rec = run_one(args.dataset, method, n, seed, args.max_iter, cache, args.test_time_augmentation)
+                rec = run_one(args.dataset, method, n, seed, args.max_iter, cache, args.test_time_augmentation,
+                              args.score_pool)
                 print(f"{args.dataset} {method} n={n} seed={seed}: Dice {rec['dice']} in {rec['seconds']:.0f} s",
                       flush=True)
                 records = [r for r in load_results() if key(r) != key(rec)] + [rec]  # other processes may add
