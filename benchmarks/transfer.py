@@ -89,22 +89,25 @@ def score(dataset: str, pred: list[np.ndarray], truth: list[np.ndarray], regions
     return out
 
 
-def segmenter_params(dataset: str, method: str, max_iter: int, seed: int) -> dict:
+def segmenter_params(dataset: str, method: str, max_iter: int, seed: int, encoder: str | None = None) -> dict:
+    """TransferSegmenter parameters; ``encoder``: the cache name of the pretrained encoder
+    (default ``{dataset}-ld`` or ``{dataset}-pd`` by method)."""
     common = dict(max_iter=max_iter, batch_size=4, crop_size=160, random_state=seed, verbose=0,
                   rotation=15.0 if dataset == "drive" else 5.0, flips=dataset == "drive")
     common["image_size"] = None if dataset == "drive" else 256
     if method == "random":
         return {**common, "encoder": None, "normalization": "auto"}
     kind = "ld" if method.startswith("ld") else "pd"
-    path = data.encoder_path(f"{dataset}-{kind}")
+    path = data.encoder_path(encoder or f"{dataset}-{kind}")
     if not path.exists():
-        raise SystemExit(f"{path} missing: run python benchmarks/transfer_data.py pretrain {dataset}-{kind}")
+        raise SystemExit(f"{path} missing: run python benchmarks/transfer_data.py pretrain {dataset}-{kind}"
+                         + (f" --out {encoder}" if encoder else ""))
     freeze = {"frozen": "encoder", "none": "none"}.get(method.split("-")[1], "schedule")
     return {**common, "encoder": str(path), "freeze": freeze}
 
 
-def run_unet(dataset, method, xs, ys, xt, max_iter, seed, tta=None):
-    seg = TransferSegmenter(**segmenter_params(dataset, method, max_iter, seed), test_time_augmentation=tta)
+def run_unet(dataset, method, xs, ys, xt, max_iter, seed, tta=None, encoder=None):
+    seg = TransferSegmenter(**segmenter_params(dataset, method, max_iter, seed, encoder), test_time_augmentation=tta)
     seg.fit(xs, ys)
     return seg.predict(xt), {"final_loss": seg.loss_history_[-1]["loss"]}
 
@@ -167,7 +170,7 @@ def run_rf(dataset, xs, ys, fs, xt, seed):
     return pred, {}
 
 
-def run_one(dataset, method, n, seed, max_iter, cache, tta=None, score_pool=False):
+def run_one(dataset, method, n, seed, max_iter, cache, tta=None, score_pool=False, encoder=None):
     """One record. ``score_pool``: also predict the pool images that are not labelled this time
     and record their Dice as ``dice_pool`` (settings can then be compared without the test set;
     ``seconds`` then includes those predictions)."""
@@ -183,7 +186,9 @@ def run_one(dataset, method, n, seed, max_iter, cache, tta=None, score_pool=Fals
     elif method == "rf":
         pred, info = run_rf(dataset, xs, ys, fs, targets, seed)
     else:
-        pred, info = run_unet(dataset, method, xs, ys, targets, max_iter, seed, tta)
+        pred, info = run_unet(dataset, method, xs, ys, targets, max_iter, seed, tta, encoder)
+        if encoder:
+            info["encoder"] = encoder
     seconds = time.perf_counter() - start
     unet = method not in ("ld-probe", "rf")
     if rest:
@@ -195,7 +200,7 @@ def run_one(dataset, method, n, seed, max_iter, cache, tta=None, score_pool=Fals
 
 
 def key(r):
-    return (r["dataset"], r["method"], r["n_labelled"], r["seed"], r.get("max_iter"), r.get("tta"))
+    return (r["dataset"], r["method"], r["n_labelled"], r["seed"], r.get("max_iter"), r.get("tta"), r.get("encoder"))
 
 
 def load_results() -> list[dict]:
@@ -215,10 +220,9 @@ def save_results(records: list[dict]) -> None:
 
 def pretraining_info() -> dict:
     out = {}
-    for name in data.PRETRAIN:
-        p = data.encoder_path(name).with_suffix(".json")
-        if p.exists():
-            out[name] = json.loads(p.read_text())
+    for p in sorted(data.CACHE.glob("encoder-*.json")):
+        info = json.loads(p.read_text())
+        out[info["name"]] = info
     return out
 
 
@@ -234,6 +238,8 @@ def _rows(records: list[dict], dataset: str) -> tuple[list[dict], list[str]]:
             r["method"] = f"{r['method']} +{r['tta']}"
         if r["max_iter"] not in (None, usual):
             r["method"] = f"{r['method']} ({r['max_iter']} steps)"
+        if r.get("encoder"):
+            r["method"] = f"{r['method']} [encoder {r['encoder']}]"
     return recs, list(METHODS) + sorted({r["method"] for r in recs} - set(METHODS))
 
 
@@ -254,6 +260,7 @@ def _paired_rows(recs: list[dict], methods: list[str], ns: list[int], structure:
         if not method.startswith(only):
             continue
         suffix = method[method.index(" "):] if " " in method and against == "random" else ""
+        suffix = suffix.split(" [encoder")[0]  # random initialisation has no encoder
         baseline = against + suffix
         if method == baseline or method.split(" ")[0] == against:
             continue
@@ -383,6 +390,9 @@ def main(argv=None):
     ap.add_argument("--max-iter", type=int, default=500, help="training steps of every U-Net")
     ap.add_argument("--test-time-augmentation", choices=["flips", "dihedral"], default=None,
                     help="the U-Nets predict averaged over these views (rows of their own: 'random +flips')")
+    ap.add_argument("--encoder", default=None,
+                    help="cache name of the pretrained encoder for the U-Nets (transfer_data.py pretrain --out); "
+                         "rows of their own")
     ap.add_argument("--score-pool", action="store_true",
                     help="also score the pool images not labelled in each run (dice_pool; reruns records without it)")
     ap.add_argument("--report", action="store_true", help="write transfer.md and transfer.png from the JSON")
@@ -405,12 +415,13 @@ def main(argv=None):
                 unet = method not in ("ld-probe", "rf")
                 probe = {"dataset": args.dataset, "method": method, "n_labelled": n, "seed": seed,
                          "max_iter": args.max_iter if unet else None,
-                         "tta": args.test_time_augmentation if unet else None}
+                         "tta": args.test_time_augmentation if unet else None,
+                         "encoder": args.encoder if unet and method != "random" else None}
                 done = [r for r in load_results() if key(r) == key(probe)]
                 if done and (not args.score_pool or "dice_pool" in done[0]):
                     continue
                 rec = run_one(args.dataset, method, n, seed, args.max_iter, cache, args.test_time_augmentation,
-                              args.score_pool)
+                              args.score_pool, args.encoder if method != "random" else None)
                 print(f"{args.dataset} {method} n={n} seed={seed}: Dice {rec['dice']} in {rec['seconds']:.0f} s",
                       flush=True)
                 records = [r for r in load_results() if key(r) != key(rec)] + [rec]  # other processes may add

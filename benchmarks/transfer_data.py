@@ -36,7 +36,7 @@ CACHE = ROOT / "benchmarks" / "cache"
 
 #: Pretraining steps. The issue's budget is 30 CPU minutes on 2 cores, where a step at 160 px,
 #: batch 4 takes about 1.3 s alone (README): 1500 steps are about 32 minutes, slightly over it
-#: (1380 steps would fit); the chest X-ray encoders (LD and PD) were run for 1000 steps (about 22 minutes)
+#: (1380 steps fit: ``--max-iter 1380 --out drive-ld-1380``, measured in docs/transfer.md); the chest X-ray encoders (LD and PD) were run for 1000 steps (about 22 minutes)
 #: to fit this session. The measured wall time of each run is stored next to the encoder.
 PRETRAIN_STEPS = 1500
 
@@ -128,14 +128,16 @@ def encoder_path(name: str) -> Path:
     return CACHE / f"encoder-{name}.joblib"
 
 
-def pretrain(name: str, max_iter: int = PRETRAIN_STEPS, seed: int = 0) -> Path:
-    """Pretrain (or resume) encoder ``name`` and save it with its wall time; returns the path."""
+def pretrain(name: str, max_iter: int = PRETRAIN_STEPS, seed: int = 0, out: str | None = None) -> Path:
+    """Pretrain (or resume) encoder ``name`` and save it with its wall time as ``out`` (default:
+    ``name``; another name keeps, say, a shorter run beside the usual one); returns the path."""
     import joblib
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = encoder_path(name)
+    out = out or name
+    path = encoder_path(out)
     enc = LocalDiscriminativeEncoder(max_iter=max_iter, random_state=seed, verbose=1,
-                                     checkpoint_dir=str(CACHE / f"ckpt-{name}"), checkpoint_every=100,
+                                     checkpoint_dir=str(CACHE / f"ckpt-{out}"), checkpoint_every=100,
                                      **PRETRAIN[name])
     files = pretraining_images(name)
     start = time.perf_counter()
@@ -143,7 +145,7 @@ def pretrain(name: str, max_iter: int = PRETRAIN_STEPS, seed: int = 0) -> Path:
     seconds = time.perf_counter() - start
     enc._optimizer = None  # the optimizer state doubles the file and is not needed downstream
     joblib.dump(enc, path)
-    info = {"name": name, "params": {k: v for k, v in PRETRAIN[name].items()}, "max_iter": max_iter,
+    info = {"name": out, "recipe": name, "params": {k: v for k, v in PRETRAIN[name].items()}, "max_iter": max_iter,
             "n_images": len(files), "fit_seconds": seconds, "seed": seed}
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
     print(f"{name}: {max_iter} steps on {len(files)} images in {seconds:.0f} s -> {path}", flush=True)
@@ -155,9 +157,12 @@ if __name__ == "__main__":
     ap.add_argument("stage", choices=["pretrain", "split"])
     ap.add_argument("names", nargs="*", default=list(PRETRAIN))
     ap.add_argument("--max-iter", type=int, default=PRETRAIN_STEPS)
+    ap.add_argument("--out", default=None, help="cache name to save under (one recipe only); default: the recipe's")
     args = ap.parse_args()
+    if args.out and len(args.names) != 1:
+        ap.error("--out needs exactly one recipe name")
     if args.stage == "split":
         print(json.dumps({k: len(v) for k, v in cxr_split().items()}))
     else:
         for n in args.names:
-            pretrain(n, args.max_iter)
+            pretrain(n, args.max_iter, out=args.out)
