@@ -36,8 +36,9 @@ CACHE = ROOT / "benchmarks" / "cache"
 
 #: Pretraining steps. The issue's budget is 30 CPU minutes on 2 cores, where a step at 160 px,
 #: batch 4 takes about 1.3 s alone (README): 1500 steps are about 32 minutes, slightly over it
-#: (1380 steps fit: ``--max-iter 1380 --out drive-ld-1380``, measured in docs/transfer.md); the chest X-ray encoders (LD and PD) were run for 1000 steps (about 22 minutes)
-#: to fit this session. The measured wall time of each run is stored next to the encoder.
+#: (1380 steps fit: ``--max-iter 1380 --out drive-ld-1380``, measured in docs/transfer.md); the
+#: chest X-ray encoders (LD and PD) were run for 1000 steps (about 22 minutes) to fit a session.
+#: The measured wall time of each run is stored next to the encoder.
 PRETRAIN_STEPS = 1500
 
 #: Encoder settings per pretraining run. DRIVE: native resolution (vessels are 1-8 px wide;
