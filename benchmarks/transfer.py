@@ -248,6 +248,16 @@ def _sd(values) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def _mean_cells(recs: list[dict], method: str, ns: list[int], field: str) -> list[str]:
+    """Per number of labels, "mean +- sd (n=seeds)" of ``record[field]["mean"]`` over the
+    method's records that have the field, or "-"."""
+    cells = []
+    for n in ns:
+        vals = [r[field]["mean"] for r in recs if r["method"] == method and r["n_labelled"] == n and field in r]
+        cells.append(f"{np.mean(vals):.3f} +- {_sd(vals):.3f} (n={len(vals)})" if vals else "-")
+    return cells
+
+
 def _paired_rows(recs: list[dict], methods: list[str], ns: list[int], structure: str, against: str = "random",
                  only: str = "") -> list[str]:
     """Table rows: per method and number of labels, mean +- std over seeds of the Dice of
@@ -301,10 +311,7 @@ def report(records: list[dict]) -> str:
         lines += [f"## {title}", "", "| method | " + " | ".join(f"{n} labelled" for n in ns) + " |",
                   "|---|" + "---|" * len(ns)]
         for method in methods:
-            cells = []
-            for n in ns:
-                vals = [r["dice"]["mean"] for r in recs if r["method"] == method and r["n_labelled"] == n]
-                cells.append(f"{np.mean(vals):.3f} +- {_sd(vals):.3f} (n={len(vals)})" if vals else "-")
+            cells = _mean_cells(recs, method, ns, "dice")
             if any(c != "-" for c in cells):
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         pooled = [m for m in methods if any(r["method"] == m and "dice_pool" in r for r in recs)]
@@ -313,12 +320,7 @@ def report(records: list[dict]) -> str:
                       "DRIVE, the X-ray pool; `--score-pool`), for comparing settings without the test set:", "",
                       "| method | " + " | ".join(f"{n} labelled" for n in ns) + " |", "|---|" + "---|" * len(ns)]
             for method in pooled:
-                cells = []
-                for n in ns:
-                    vals = [r["dice_pool"]["mean"] for r in recs
-                            if r["method"] == method and r["n_labelled"] == n and "dice_pool" in r]
-                    cells.append(f"{np.mean(vals):.3f} +- {_sd(vals):.3f} (n={len(vals)})" if vals else "-")
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+                lines.append(f"| {method} | " + " | ".join(_mean_cells(recs, method, ns, "dice_pool")) + " |")
         paired = [("mean", "random", "", "Paired difference to random initialisation (same labelled images, same "
                    "seed):")]
         if dataset == "cxr":  # the issue's target is on the lungs

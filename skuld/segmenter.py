@@ -69,7 +69,8 @@ class TransferSegmenter(BaseEstimator):
         ``encoder=None``: a random encoder is always trained. Which is best depends on the
         structure (measured with 2 labelled images, 6 draws, docs/transfer.md): thin ones
         such as retinal vessels gain most from "none" (DRIVE 0.765 against 0.728 for
-        "schedule"), large ones such as lungs and heart from "schedule" (0.635 against 0.597).
+        "schedule"), large ones such as lungs and heart from "schedule" (X-rays, mean of the two: 0.635
+        against 0.597).
     max_iter : int, default=500
         Training steps; each sees ``batch_size`` crops.
     batch_size : int, default=4
