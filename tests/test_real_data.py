@@ -64,16 +64,16 @@ def _ceph_truth(root):
 
 def test_one_shot_landmarks_on_cephalograms(shared_data):
     """A short end-to-end run on real 1340 x 1671 images: pretraining (80 steps, about a
-    minute), pseudo templates, prediction. Measured 27.6 px on these 10 images; the
-    template's own coordinates are at 71.5 px, the full benchmark's defaults at 22.1."""
+    minute), correspondence fine-tuning (30 steps), pseudo templates, prediction. The
+    template's own coordinates are at 71.5 px on these 10 images."""
     from skuld import OneShotLandmarkLocator
     from skuld.metrics import mean_radial_error
 
     root = shared_data / "ceph_hamedan"
     files = expand_paths(root / "images")
     truth = _ceph_truth(root)
-    loc = OneShotLandmarkLocator(encoder_params={"max_iter": 80, "batch_size": 2}, n_pseudo_templates=2,
-                                 random_state=0)
+    loc = OneShotLandmarkLocator(encoder_params={"max_iter": 80, "batch_size": 2}, correspondence_steps=30,
+                                 n_pseudo_templates=2, random_state=0)
     loc.fit(files[0], truth[0], X_unlabeled=files[1:21])
     pred, conf = loc.predict_confidence(files[1:11])
     assert pred.shape == (10, 19, 2) and conf.shape == (10, 19)

@@ -1,0 +1,241 @@
+"""Cross-image correspondence fine-tuning: the same anatomy in two patients should look alike.
+
+Patch and region discrimination (the encoder's pretraining) make every image's patches
+negatives of each other, including the same anatomy in two patients: the opposite of what
+landmark matching needs. Given landmarks in a set of images (a labelled template and the
+pseudo landmarks the locator found in unlabelled images), a thin-plate spline through each
+pair's landmarks maps any point of one image to its likely counterpart in the other; a
+contrastive loss then pulls the encoder's smoothed descriptors of such pairs together and
+pushes the other sampled points away. Noisy pseudo landmarks are tolerable: each pair's
+spline is smooth and every image is paired with many others.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from scipy.interpolate import RBFInterpolator
+from sklearn.utils import check_random_state
+from torch.nn import functional as F
+
+from . import matching
+from .data import resize, to_tensor, working_shape
+from .inference import pad_to_multiple
+from .training import intensity_normalizer, normalize
+
+
+def thin_plate_spline(src, dst, smoothing: float = 1.0):
+    """The thin-plate spline that maps points ``src`` onto ``dst``.
+
+    Parameters
+    ----------
+    src, dst : array-like of shape (L, 2)
+        Corresponding ``(x, y)`` points, L >= 3 and not all on one line.
+    smoothing : float, default=1.0
+        0 interpolates exactly; larger values let the spline miss the points (in squared
+        pixels) to stay smoother, which tolerates noisy points.
+
+    Returns
+    -------
+    callable
+        Maps an ``(N, 2)`` float array of ``(x, y)`` points to their ``(N, 2)`` images.
+        Affine maps are reproduced exactly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.correspondence import thin_plate_spline
+    >>> src = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    >>> warp = thin_plate_spline(src, 2 * src + 5, smoothing=0.0)
+    >>> np.round(warp(np.array([[5.0, 5.0]])), 6)
+    array([[15., 15.]])
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    return RBFInterpolator(src, dst, kernel="thin_plate_spline", smoothing=smoothing, degree=1)
+
+
+def correspondence_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, points_b, temperature: float = 0.1,
+                        exclusion: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE over point correspondences between two images.
+
+    Row i of ``desc_a`` and row i of ``desc_b`` describe corresponding points (positives);
+    every other row of the other image is a negative, except the points closer than
+    ``exclusion`` pixels to the positive (near-duplicates under smoothed descriptors).
+
+    Parameters
+    ----------
+    desc_a, desc_b : Tensor of shape (N, C)
+        Unit-norm descriptors of N corresponding points in image A and image B.
+    points_b : array-like of shape (N, 2)
+        ``(x, y)`` of the points in image B (pixels of the descriptor maps).
+    temperature : float, default=0.1
+    exclusion : float, default=0.0
+        Radius in pixels of B within which a point is not used as a negative.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss, between 0 and ``2 log N`` up to the temperature's bound.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.correspondence import correspondence_loss
+    >>> d = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    >>> float(correspondence_loss(d, d, torch.arange(16.0).view(8, 2) * 10)) < float(
+    ...     correspondence_loss(d, d.roll(1, 0), torch.arange(16.0).view(8, 2) * 10))
+    True
+    """
+    pb = torch.as_tensor(np.asarray(points_b, dtype=np.float32))
+    logits = desc_a @ desc_b.T / temperature
+    if exclusion > 0:
+        near = (torch.cdist(pb, pb) < exclusion) & ~torch.eye(len(pb), dtype=torch.bool)
+        logits = logits.masked_fill(near.to(logits.device), float("-inf"))
+    target = torch.arange(len(pb), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def _descriptor_maps(model, x: torch.Tensor, levels, sigma: float):
+    """Unit-norm, Gaussian-smoothed encoder maps of one (1, C, H, W) image: [(map, stride)]."""
+    stages = model.encoder(x)
+    out = []
+    for level in levels:
+        stride = model.encoder.strides[level]
+        out.append((matching.gaussian_blur(F.normalize(stages[level][0].float(), dim=0), sigma / stride), stride))
+    return out
+
+
+def _sample(maps, points: np.ndarray) -> torch.Tensor:
+    """(N, sum C) descriptor of working-resolution points: each level unit norm, the whole too."""
+    parts = []
+    for m, stride in maps:
+        q = torch.as_tensor((points + 0.5) / stride - 0.5, dtype=torch.float32, device=m.device)
+        parts.append(F.normalize(matching.sample_points(m, q), dim=1))
+    return torch.cat(parts, dim=1) / len(parts) ** 0.5
+
+
+def fine_tune_correspondence(encoder, images, landmarks, *, steps: int = 150, learning_rate: float = 1e-4,
+                             levels=(2, 3, 4), sigma: float = 0.03, pairs_per_step: int = 4,
+                             points_per_pair: int = 256, temperature: float = 0.1, exclusion: float = 0.04,
+                             margin: float = 0.1, smoothing: float = 1.0, device=None, random_state=None,
+                             verbose: int = 0):
+    """A copy of a fitted encoder whose feature maps agree on corresponding points of images.
+
+    Each step draws ``pairs_per_step`` pairs of images; in each pair, ``points_per_pair``
+    points are drawn uniformly in the first image's landmark box (widened by ``margin``),
+    mapped into the second by the thin-plate spline through the pair's landmarks, and
+    :func:`correspondence_loss` is taken on the encoder's smoothed, unit-norm maps at those
+    points. Batch-norm statistics stay those of pretraining; Adam updates the encoder (not
+    the decoder or heads).
+
+    Parameters
+    ----------
+    encoder : LocalDiscriminativeEncoder
+        Fitted; it is not modified.
+    images : list of float32 arrays of shape (H_i, W_i, C)
+        Values in [0, 1]; any sizes.
+    landmarks : list of arrays of shape (L, 2)
+        ``(x, y)`` in each image's pixels (origin at the top-left pixel's centre); NaN rows
+        are missing and left out of the pairs' splines.
+    steps : int, default=150
+    learning_rate : float, default=1e-4
+    levels : tuple of int, default=(2, 3, 4)
+        Encoder stages trained (strides 4, 8 and 16: the locator's ``features="encoder"``).
+    sigma : float, default=0.03
+        Gaussian smoothing of the maps, as a fraction of each working image's shorter side
+        (the locator's center-sensitive ``sigma``).
+    pairs_per_step, points_per_pair : int
+    temperature : float, default=0.1
+    exclusion : float, default=0.04
+        Negatives closer than this fraction of the shorter side to the positive are skipped.
+    margin : float, default=0.1
+        Widening of the landmark box in which points are drawn (fraction of the shorter side).
+    smoothing : float, default=1.0
+        Of :func:`thin_plate_spline`.
+    device : torch.device or None
+        Where to train (None: the CPU).
+    random_state : int, RandomState instance or None
+        Seeds the pairs and points (the result is deterministic on a CPU).
+    verbose : int, default=0
+
+    Returns
+    -------
+    encoder : LocalDiscriminativeEncoder
+        The fine-tuned copy, on the CPU, with ``correspondence_losses_`` (one float per step).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld import LocalDiscriminativeEncoder
+    >>> from skuld.correspondence import fine_tune_correspondence
+    >>> from skuld.datasets import load_cxr_tiny
+    >>> X = [x[..., None].astype(np.float32) / 255 for x in load_cxr_tiny().images]
+    >>> enc = LocalDiscriminativeEncoder(max_iter=2, image_size=64, crop_size=64, random_state=0).fit(X)
+    >>> marks = [np.array([[150.0, 250.0], [360.0, 250.0], [256.0, 400.0]])] * 4
+    >>> tuned = fine_tune_correspondence(enc, X, marks, steps=2, points_per_pair=16, random_state=0)
+    >>> len(tuned.correspondence_losses_)
+    2
+    """
+    if len(images) != len(landmarks):
+        raise ValueError(f"{len(images)} images but {len(landmarks)} landmark arrays")
+    if len(images) < 2:
+        raise ValueError("correspondence fine-tuning needs at least 2 images")
+    rng = np.random.default_rng(check_random_state(random_state).randint(2**31))
+    device = torch.device("cpu") if device is None else torch.device(device)
+    tuned = copy.deepcopy(encoder)
+    model = tuned.model_.to(device)
+    model.eval()  # batch-norm statistics stay those of pretraining
+    mean, std = intensity_normalizer(tuned.normalization, tuned.n_channels_in_)
+    inputs, points, shapes = [], [], []
+    for img, pts in zip(images, landmarks):
+        big = img.shape[:2]
+        h, w = working_shape(*big, tuned.image_size_)
+        small = resize(to_tensor(np.asarray(img, dtype=np.float32)), (h, w))
+        x, _, _ = pad_to_multiple(normalize(small[None], mean, std))
+        inputs.append(x.to(device))
+        points.append(matching.rescale_points(np.asarray(pts, dtype=np.float64), big, (h, w)))
+        shapes.append((h, w))
+    optimizer = torch.optim.Adam(model.encoder.parameters(), lr=learning_rate)
+    losses = []
+    start = time.perf_counter()
+    n = len(inputs)
+    for step in range(steps):
+        firsts = rng.choice(n, size=min(pairs_per_step, n), replace=False)
+        total, used = 0.0, 0
+        for a in firsts:
+            b = int(rng.choice(np.delete(np.arange(n), a)))
+            both = ~(np.isnan(points[a]).any(axis=1) | np.isnan(points[b]).any(axis=1))
+            if both.sum() < 3:
+                continue
+            (ha, wa), (hb, wb) = shapes[a], shapes[b]
+            pa_marks = points[a][both]
+            widen = margin * min(ha, wa)
+            low = np.maximum(pa_marks.min(axis=0) - widen, 0)
+            high = np.minimum(pa_marks.max(axis=0) + widen, [wa - 1, ha - 1])
+            pa = rng.uniform(low, high, size=(points_per_pair, 2))
+            pb = thin_plate_spline(pa_marks, points[b][both], smoothing)(pa)
+            inside = (pb[:, 0] >= 0) & (pb[:, 0] <= wb - 1) & (pb[:, 1] >= 0) & (pb[:, 1] <= hb - 1)
+            if inside.sum() < 2:
+                continue
+            pa, pb = pa[inside], pb[inside]
+            da = _sample(_descriptor_maps(model, inputs[a], levels, sigma * min(ha, wa)), pa)
+            db = _sample(_descriptor_maps(model, inputs[b], levels, sigma * min(hb, wb)), pb)
+            total = total + correspondence_loss(da, db, pb, temperature, exclusion * min(hb, wb))
+            used += 1
+        if not used:
+            raise ValueError("no pair of images shares 3 landmarks inside both images: nothing to fine-tune on")
+        loss = total / used
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if verbose and (step % 25 == 0 or step == steps - 1):
+            print(f"[skuld] correspondence step {step + 1}/{steps} loss {losses[-1]:.4f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    tuned.model_ = model.cpu().eval()
+    tuned.correspondence_losses_ = losses
+    return tuned
