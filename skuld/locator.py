@@ -107,10 +107,11 @@ class OneShotLandmarkLocator(BaseEstimator):
         shorter side) from where the transform puts it is moved there and refined again at
         the levels finer than the working resolution. None turns the check off.
     correspondence_steps : int, default=150
-        Cross-image fine-tuning (needs ``X_unlabeled``): every unlabelled image is located
-        from the given templates, then a copy of the encoder is trained for this many steps
-        to give the same descriptor to points that thin-plate splines through these pseudo
-        landmarks put in correspondence (:func:`skuld.correspondence.fine_tune_correspondence`;
+        Cross-image fine-tuning (needs ``X_unlabeled`` and 3 or more landmarks; skipped with
+        a warning with fewer): every unlabelled image is located from the given templates,
+        then a copy of the encoder is trained for this many steps to give the same
+        descriptor to points that thin-plate splines through these pseudo landmarks put in
+        correspondence (:func:`skuld.correspondence.fine_tune_correspondence`;
         about 1.3 s a step on 2 CPU cores for 256-px working images). It trains the encoder's feature maps, the
         descriptors of ``features="encoder"``. 0 turns it off; a given encoder is never modified.
     n_pseudo_templates : int, default=4
@@ -312,7 +313,11 @@ class OneShotLandmarkLocator(BaseEstimator):
         self.n_templates_ = len(pts)
         self._reset_cache()
         if self.correspondence_steps and X_unlabeled is not None:
-            self._fine_tune_on_correspondences(X_unlabeled)
+            if self.n_landmarks_ >= 3:
+                self._fine_tune_on_correspondences(X_unlabeled)
+            else:  # a thin-plate spline needs three points
+                warnings.warn(f"correspondence fine-tuning needs at least 3 landmarks, the templates have "
+                              f"{self.n_landmarks_}: skipped", stacklevel=2)
         if self.n_pseudo_templates and X_unlabeled is not None:
             self._add_pseudo_templates(X_unlabeled)
         self.fit_time_ = time.perf_counter() - start

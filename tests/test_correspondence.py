@@ -129,3 +129,12 @@ def test_the_locator_fine_tunes_a_copy_only_with_unlabelled_images(encoder, pair
     assert not hasattr(encoder, "correspondence_losses_")
     q, mq = phantom(rotation(1, 1, (-3, 3)))
     assert np.median(np.linalg.norm(on.predict(q[None])[0] - mq, axis=-1)) < 2
+
+
+def test_the_locator_skips_fine_tuning_with_fewer_than_three_landmarks(encoder, pairs):
+    images, marks = pairs
+    loc = OneShotLandmarkLocator(encoder=encoder, refine_patch=15, refine_radius=6, n_pseudo_templates=0,
+                                 correspondence_steps=5)
+    with pytest.warns(UserWarning, match="at least 3 landmarks, the templates have 2: skipped"):
+        loc.fit(images[0], marks[0][:2], X_unlabeled=images[1:])
+    assert loc.encoder_ is encoder
