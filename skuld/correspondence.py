@@ -79,7 +79,7 @@ def correspondence_loss(desc_a: torch.Tensor, desc_b: torch.Tensor, points_b, te
     Returns
     -------
     Tensor
-        Scalar loss, between 0 and ``2 log N`` up to the temperature's bound.
+        Scalar loss, at least 0 and at most ``log N + 2 / temperature``.
 
     Examples
     --------
@@ -105,7 +105,7 @@ def _descriptor_maps(model, x: torch.Tensor, levels, sigma: float):
     out = []
     for level in levels:
         stride = model.encoder.strides[level]
-        out.append((matching.gaussian_blur(F.normalize(stages[level][0].float(), dim=0), sigma / stride), stride))
+        out.append((matching.center_sensitive_map(stages[level][0], sigma / stride), stride))
     return out
 
 

@@ -111,9 +111,10 @@ class OneShotLandmarkLocator(BaseEstimator):
         a warning with fewer): every unlabelled image is located from the given templates,
         then a copy of the encoder is trained for this many steps to give the same
         descriptor to points that thin-plate splines through these pseudo landmarks put in
-        correspondence (:func:`skuld.correspondence.fine_tune_correspondence`;
-        about 1.3 s a step on 2 CPU cores for 256-px working images). It trains the encoder's feature maps, the
-        descriptors of ``features="encoder"``. 0 turns it off; a given encoder is never modified.
+        correspondence (:func:`skuld.correspondence.fine_tune_correspondence`; about 1.3 s a
+        step on 2 CPU cores for 256-px working images). It trains the encoder's feature
+        maps, the descriptors of ``features="encoder"``. 0 turns it off; a given encoder is
+        never modified.
     n_pseudo_templates : int, default=4
         Self-training: after fitting, every image of ``X_unlabeled`` is located, then used as
         the only template to locate the given templates' landmarks back; the images with the
@@ -409,7 +410,7 @@ class OneShotLandmarkLocator(BaseEstimator):
             # Smooth each map at its own stride (cheap for the coarse encoder maps), then
             # bring it to the working resolution.
             stride = 1 if level == "embed" else model.encoder.strides[level]
-            m = matching.gaussian_blur(F.normalize(m[0].float(), dim=0), sigma / stride)
+            m = matching.center_sensitive_map(m[0], sigma / stride)
             m = F.interpolate(m[None], size=xn.shape[-2:], mode="bilinear", align_corners=False)[0, :, :h, :w]
             maps.append(F.normalize(m, dim=0))
         pyramid = {}

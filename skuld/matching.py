@@ -125,6 +125,33 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y[0] if squeeze else y
 
 
+def center_sensitive_map(feature: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Center-sensitive descriptors of a feature map: unit norm per pixel, then Gaussian-smoothed.
+
+    The one definition shared by the locator's matching and the correspondence fine-tuning
+    that trains for it.
+
+    Parameters
+    ----------
+    feature : Tensor of shape (C, H, W)
+    sigma : float
+        Standard deviation of the smoothing in pixels of this map.
+
+    Returns
+    -------
+    Tensor of shape (C, H, W), float32
+        Not unit norm after smoothing: normalise again where a cosine is wanted.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.matching import center_sensitive_map
+    >>> center_sensitive_map(torch.full((2, 8, 8), 3.0), 1.5)[:, 4, 4]
+    tensor([0.7071, 0.7071])
+    """
+    return gaussian_blur(F.normalize(feature.float(), dim=0), sigma)
+
+
 def _grid(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(x, y) pixel points -> grid_sample's normalised coordinates (align_corners=False)."""
     gx = (points[..., 0] + 0.5) / width * 2 - 1
