@@ -1,12 +1,19 @@
-"""How much do a few more labelled images help OneShotLandmarkLocator?
+"""How much do a few more labelled images help OneShotLandmarkLocator, and how much does it
+matter which image is labelled?
 
 On the shared cephalograms (mollabashi truth): the locator with default settings fitted on
-the first K images as templates (K = 1, 2, 5), all sharing one pretrained encoder and the same
-pool of unlabelled images (006-100, for pseudo templates), scored on images 006-100.
-``--encoder PATH`` reuses a saved encoder (default: pretrain one as the locator does, on
-images 001-100 without labels: about 14 minutes on 2 cores).
+the first K images as templates (K = 1, 2, 5, 10), and on each of the images given by
+``--single`` alone (default 001-005: one-shot with other choices of the template). All rows
+share one pretrained encoder and one pool of unlabelled images, the images after the
+templates (by default 011-100: correspondence fine-tuning and pseudo templates), and are
+scored on that pool. The shared encoder is the pretrained one, before any correspondence
+fine-tuning, so that no row uses another row's labels. ``--encoder PATH`` reuses a saved
+encoder (default: pretrain one with the locator's settings, ``skuld.locator.ENCODER_DEFAULTS``
+and random_state 0, on images 001-100 without labels: 8-13 minutes on 2 cores).
 
-    python benchmarks/landmark_templates.py [--encoder enc.joblib]
+    python benchmarks/landmark_templates.py [--encoder enc.joblib] [--templates 1 2 5 10] [--single 1 2 3 4 5]
+
+About 25 minutes on 2 cores after pretraining.
 
 Writes ``benchmarks/results/landmark_templates.{json,md}``.
 """
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from sklearn.frozen import FrozenEstimator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,49 +36,71 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from landmarks import DATA, RADII, load_truth  # noqa: E402
 
-from skuld import OneShotLandmarkLocator  # noqa: E402
+from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator  # noqa: E402
+from skuld.locator import ENCODER_DEFAULTS  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
-    ap.add_argument("--templates", type=int, nargs="+", default=[1, 2, 5])
+    ap.add_argument("--templates", type=int, nargs="+", default=[1, 2, 5, 10], help="K: the first K images labelled")
+    ap.add_argument("--single", type=int, nargs="*", default=[1, 2, 3, 4, 5],
+                    help="image numbers (1-based) each used alone as the template")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_templates"))
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
     files = sorted(str(p) for p in (DATA / "images").glob("*.png"))
     truth = load_truth("mollabashi")
-    first_eval = max(args.templates)
+    first_eval = max(args.templates + args.single)
     evaluation = list(range(first_eval, len(files)))
+    unlabeled = [files[i] for i in evaluation]
     if args.encoder:
         encoder = joblib.load(args.encoder)
-    else:
-        encoder = OneShotLandmarkLocator(random_state=0, verbose=1).fit(
-            files[0], truth[0], X_unlabeled=files[1:]).encoder_
+    else:  # as OneShotLandmarkLocator(random_state=0) pretrains it, on every image without labels
+        encoder = LocalDiscriminativeEncoder(**{**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}).fit(
+            files[1:] + files[:1])
+    runs = [(f"001-{k:03d}" if k > 1 else "001 alone", list(range(k))) for k in args.templates]
+    runs += [(f"{n:03d} alone", [n - 1]) for n in args.single if n != 1 or 1 not in args.templates]
     rows = []
-    for k in args.templates:
+    for label, chosen in runs:
         start = time.perf_counter()
-        loc = OneShotLandmarkLocator(encoder=encoder, random_state=0)
-        loc.fit(files[:k], list(truth[:k]), X_unlabeled=[files[i] for i in evaluation])
+        loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=0)
+        loc.fit([files[i] for i in chosen], list(truth[chosen]), X_unlabeled=unlabeled)
         pred = loc.predict([files[i] for i in evaluation])
         err = np.linalg.norm(pred - truth[evaluation], axis=-1)
-        rows.append({"templates": k, "mre": float(np.nanmean(err)), "median": float(np.nanmedian(err)),
+        rows.append({"templates": label, "k": len(chosen), "mre": float(np.nanmean(err)),
+                     "median": float(np.nanmedian(err)),
                      **{f"sdr{r}": float(np.nanmean(err[~np.isnan(err)] <= r)) for r in RADII},
+                     "per_landmark": np.nanmean(err, axis=0).round(2).tolist(),
                      "seconds": time.perf_counter() - start})
         print(rows[-1], flush=True)
     result = {"evaluation_images": f"{first_eval + 1:03d}-{len(files):03d}", "rows": rows,
-              "command": "python benchmarks/landmark_templates.py" + (" --encoder ENC" if args.encoder else "")}
+              "command": "python benchmarks/landmark_templates.py" + (" --encoder ENC" if args.encoder else "")
+              + " --templates " + " ".join(map(str, args.templates)) + " --single " + " ".join(map(str, args.single)),
+              "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     md = [f"# Landmarks with K labelled templates (cephalograms {result['evaluation_images']}, px)", "",
-          f"`{result['command']}`", "",
-          "| labelled templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " |",
-          "|---|---|---|" + "---|" * len(RADII)]
+          f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
+                                      if args.encoder else "") + ": every row shares one encoder, {result['encoder']}, and the pool of "
+          f"unlabelled images {result['evaluation_images']}; 2 CPU cores.", "",
+          "| labelled templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " | fit and predict s |",
+          "|---|---|---|" + "---|" * len(RADII) + "---|"]
     for r in rows:
         md.append(f"| {r['templates']} | {r['mre']:.1f} | {r['median']:.1f} | "
-                  + " | ".join(f"{100 * r[f'sdr{x}']:.0f} %" for x in RADII) + " |")
+                  + " | ".join(f"{100 * r[f'sdr{x}']:.0f} %" for x in RADII) + f" | {r['seconds']:.0f} |")
+    singles = [r["mre"] for r in rows if r["k"] == 1]
+    if len(singles) > 1:
+        md += ["", f"One labelled image, {len(singles)} choices: MRE {np.mean(singles):.1f} px on average "
+               f"(standard deviation {np.std(singles, ddof=1):.1f}, range {min(singles):.1f}-{max(singles):.1f})."]
+    landmarks = [r for r in rows if r["k"] == 1 or r["k"] == max(args.templates)]
+    md += ["", "Per-landmark MRE (px):", "",
+           "| landmark | " + " | ".join(r["templates"] for r in landmarks) + " |",
+           "|---|" + "---|" * len(landmarks)]
+    for j in range(len(landmarks[0]["per_landmark"])):
+        md.append(f"| {j + 1} | " + " | ".join(f"{r['per_landmark'][j]:.0f}" for r in landmarks) + " |")
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
