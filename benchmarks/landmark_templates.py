@@ -28,6 +28,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import torch
 from sklearn.frozen import FrozenEstimator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,14 +79,16 @@ def main():
     result = {"evaluation_images": f"{first_eval + 1:03d}-{len(files):03d}", "rows": rows,
               "command": "python benchmarks/landmark_templates.py" + (" --encoder ENC" if args.encoder else "")
               + " --templates " + " ".join(map(str, args.templates)) + " --single " + " ".join(map(str, args.single)),
-              "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned"}
+              "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned",
+              "threads": torch.get_num_threads()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     md = [f"# Landmarks with K labelled templates (cephalograms {result['evaluation_images']}, px)", "",
           f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
-                                      if args.encoder else "") + ": every row shares one encoder, {result['encoder']}, and the pool of "
-          f"unlabelled images {result['evaluation_images']}; 2 CPU cores.", "",
+                                      if args.encoder else "")
+          + f": every row shares one encoder, {result['encoder']}, and the pool of unlabelled images "
+          f"{result['evaluation_images']}; {result['threads']} CPU threads.", "",
           "| labelled templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " | fit and predict s |",
           "|---|---|---|" + "---|" * len(RADII) + "---|"]
     for r in rows:
