@@ -1,0 +1,101 @@
+"""How many pseudo templates should OneShotLandmarkLocator vote with? Error against prediction time.
+
+On the shared cephalograms (template 001, mollabashi truth, images 002-100 unlabelled and
+evaluated), the default locator is fitted once with ``n_pseudo_templates`` = the largest K
+asked for; pseudo templates are ranked by their round-trip error, so keeping the first K of
+them is what fitting with ``n_pseudo_templates=K`` chooses (fitting does not depend on K
+otherwise). Each K is then scored with the median fusion of the defaults: MRE, median, SDR
+and seconds per image of ``predict``.
+
+``--encoder PATH`` reuses a saved encoder (default: pretrain one as the locator does,
+``skuld.locator.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
+on 2 cores); the rest takes about 12 minutes.
+
+    python benchmarks/landmark_pseudo_templates.py [--encoder enc.joblib] [--k 0 4 8 12 16 24]
+
+Writes ``benchmarks/results/landmark_pseudo_templates.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import torch
+from sklearn.frozen import FrozenEstimator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from landmarks import DATA, RADII, load_truth  # noqa: E402
+
+from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator  # noqa: E402
+from skuld.io import read_image  # noqa: E402
+from skuld.locator import ENCODER_DEFAULTS  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap.add_argument("--k", type=int, nargs="+", default=[0, 4, 8, 12, 16, 24], help="numbers of pseudo templates")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_pseudo_templates"))
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
+    files = sorted(str(p) for p in (DATA / "images").glob("*.png"))
+    truth = load_truth("mollabashi")
+    if args.encoder:
+        encoder = joblib.load(args.encoder)
+    else:
+        encoder = LocalDiscriminativeEncoder(**{**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}).fit(
+            files[1:] + files[:1])
+    start = time.perf_counter()
+    loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), n_pseudo_templates=max(args.k), random_state=0)
+    loc.fit(files[0], truth[0], X_unlabeled=files[1:])
+    fit_seconds = time.perf_counter() - start
+    ranked = list(loc.templates_)
+    # Decoded once, outside the timing: predict's own cost per image is what is compared.
+    images = [read_image(f) for f in files[1:]]
+    rows = []
+    for k in sorted(args.k):
+        loc.templates_ = ranked[: loc.n_templates_ + k]  # what n_pseudo_templates=k keeps
+        loc.set_params(n_pseudo_templates=k)
+        start = time.perf_counter()
+        pred = loc.predict(images)
+        seconds = (time.perf_counter() - start) / len(images)
+        err = np.linalg.norm(pred - truth[1:], axis=-1)
+        rows.append({"k": k, "mre": float(np.nanmean(err)), "median": float(np.nanmedian(err)),
+                     **{f"sdr{r}": float(np.nanmean(err[~np.isnan(err)] <= r)) for r in RADII},
+                     "seconds_per_image": seconds, "per_landmark": np.nanmean(err, axis=0).round(2).tolist()})
+        print(rows[-1], flush=True)
+    result = {"rows": rows, "fit_seconds_without_pretraining": fit_seconds, "threads": torch.get_num_threads(),
+              "command": "python benchmarks/landmark_pseudo_templates.py" + (" --encoder ENC" if args.encoder else "")
+              + " --k " + " ".join(map(str, args.k))}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    md = ["# Pseudo templates: how many (cephalograms, template 001, 99 images, px)", "",
+          f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
+                                      if args.encoder else "")
+          + f"; one fit ({fit_seconds:.0f} s after pretraining), median fusion; {result['threads']} CPU threads.", "",
+          "| pseudo templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " | predict s/image |",
+          "|---|---|---|" + "---|" * len(RADII) + "---|"]
+    for r in rows:
+        md.append(f"| {r['k']} | {r['mre']:.2f} | {r['median']:.1f} | "
+                  + " | ".join(f"{100 * r[f'sdr{x}']:.0f} %" for x in RADII) + f" | {r['seconds_per_image']:.2f} |")
+    md += ["", "Per-landmark MRE (px):", "", "| landmark | " + " | ".join(str(r["k"]) for r in rows) + " |",
+           "|---|" + "---|" * len(rows)]
+    for j in range(len(rows[0]["per_landmark"])):
+        md.append(f"| {j + 1} | " + " | ".join(f"{r['per_landmark'][j]:.0f}" for r in rows) + " |")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
