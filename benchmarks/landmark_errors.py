@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import DATA, load_truth  # noqa: E402
+from landmarks import ceph_files, load_truth  # noqa: E402
 
 from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.matching import apply_transform, fit_transform  # noqa: E402
@@ -93,9 +93,7 @@ def main():
     ap.add_argument("--locator", help="a fitted OneShotLandmarkLocator saved with joblib (default: fit one)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_errors"))
     args = ap.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
-    files = sorted(str(p) for p in (DATA / "images").glob("*.png"))
+    files = ceph_files()
     truth = load_truth("mollabashi")
     if args.locator:
         loc = joblib.load(args.locator)

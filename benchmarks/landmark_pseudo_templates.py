@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import torch
 from sklearn.frozen import FrozenEstimator
@@ -33,11 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import DATA, RADII, load_truth  # noqa: E402
+from landmarks import RADII, ceph_files, load_truth, locator_encoder  # noqa: E402
 
-from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator  # noqa: E402
+from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.io import read_image  # noqa: E402
-from skuld.locator import ENCODER_DEFAULTS  # noqa: E402
 
 
 def main():
@@ -46,15 +44,9 @@ def main():
     ap.add_argument("--k", type=int, nargs="+", default=[0, 4, 8, 12, 16, 24], help="numbers of pseudo templates")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_pseudo_templates"))
     args = ap.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
-    files = sorted(str(p) for p in (DATA / "images").glob("*.png"))
+    files = ceph_files()
     truth = load_truth("mollabashi")
-    if args.encoder:
-        encoder = joblib.load(args.encoder)
-    else:
-        encoder = LocalDiscriminativeEncoder(**{**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}).fit(
-            files[1:] + files[:1])
+    encoder = locator_encoder(files, args.encoder)
     start = time.perf_counter()
     loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), n_pseudo_templates=max(args.k), random_state=0)
     loc.fit(files[0], truth[0], X_unlabeled=files[1:])

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import torch
 from sklearn.frozen import FrozenEstimator
@@ -35,10 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import DATA, RADII, load_truth  # noqa: E402
+from landmarks import RADII, ceph_files, load_truth, locator_encoder  # noqa: E402
 
-from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator  # noqa: E402
-from skuld.locator import ENCODER_DEFAULTS  # noqa: E402
+from skuld import OneShotLandmarkLocator  # noqa: E402
 
 
 def main():
@@ -49,18 +47,12 @@ def main():
                     help="image numbers (1-based) each used alone as the template")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_templates"))
     args = ap.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
-    files = sorted(str(p) for p in (DATA / "images").glob("*.png"))
+    files = ceph_files()
     truth = load_truth("mollabashi")
     first_eval = max(args.templates + args.single)
     evaluation = list(range(first_eval, len(files)))
     unlabeled = [files[i] for i in evaluation]
-    if args.encoder:
-        encoder = joblib.load(args.encoder)
-    else:  # as OneShotLandmarkLocator(random_state=0) pretrains it, on every image without labels
-        encoder = LocalDiscriminativeEncoder(**{**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}).fit(
-            files[1:] + files[:1])
+    encoder = locator_encoder(files, args.encoder)
     runs = [(f"001-{k:03d}" if k > 1 else "001 alone", list(range(k))) for k in args.templates]
     runs += [(f"{n:03d} alone", [n - 1]) for n in args.single if n != 1 or 1 not in args.templates]
     rows = []

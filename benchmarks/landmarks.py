@@ -55,6 +55,25 @@ DATA = ROOT.parent / "shared" / "data" / "ceph_hamedan"
 RADII = (20, 25, 30, 40)
 
 
+def ceph_files() -> list[str]:
+    """Paths of the shared cephalograms 001-100, in order; exits with a message when they are absent."""
+    if not DATA.is_dir():
+        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
+    return sorted(str(p) for p in (DATA / "images").glob("*.png"))
+
+
+def locator_encoder(files: list[str], path=None, max_iter: int | None = None) -> LocalDiscriminativeEncoder:
+    """The encoder ``OneShotLandmarkLocator(random_state=0)`` pretrains for template 001 (its
+    settings, images 002-100 then 001: the same images in the same order), or the one saved
+    with joblib at ``path``."""
+    if path:
+        return joblib.load(path)
+    params = {**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}
+    if max_iter:
+        params["max_iter"] = max_iter
+    return LocalDiscriminativeEncoder(**params).fit(files[1:] + files[:1])
+
+
 def load_truth(annotator: str) -> np.ndarray:
     """(100, 19, 2) (x, y) landmarks of one annotator, NaN where missing."""
     out = np.full((100, 19, 2), np.nan)
@@ -206,13 +225,11 @@ def main(argv=None):
                 json.dump(results, f, indent=1)
         Path(args.out).with_suffix(".md").write_text(table(results))
         return
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
+    files = ceph_files()
 
     def log(msg):
         print(msg, flush=True)
 
-    files = sorted(str(p) for p in (DATA / "images").glob("*.png"))
     truth, second = load_truth("mollabashi"), load_truth("farhadifar")
     template_index = 0
     others = list(range(1, len(files)))
@@ -239,16 +256,10 @@ def main(argv=None):
     # The encoder is pretrained here, as the locator would (same settings, same images in
     # the same order), so that the ablations can run on it before fine-tuning.
     unlabeled = [files[i] for i in others]
-    pretrain_seconds = 0.0
-    if args.encoder:
-        pretrained = joblib.load(args.encoder)
-    else:
-        enc_params = {**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}
-        if args.max_iter or args.quick:
-            enc_params["max_iter"] = args.max_iter or 150
-        start = time.perf_counter()
-        pretrained = LocalDiscriminativeEncoder(**enc_params).fit(unlabeled + [files[template_index]])
-        pretrain_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    pretrained = locator_encoder(files, args.encoder, args.max_iter or (150 if args.quick else None))
+    pretrain_seconds = 0.0 if args.encoder else time.perf_counter() - start
+    if not args.encoder:
         log(f"  pretraining {pretrain_seconds:.0f} s")
     params = {"encoder": FrozenEstimator(pretrained), "random_state": 0, "verbose": 1}
     if args.pseudo is not None:
