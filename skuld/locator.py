@@ -43,6 +43,15 @@ class _View:
     work_shape: tuple[int, int]  # working (h, w)
     features: list  # unit-norm (C_i, h, w) maps, center-sensitive (smoothed)
     pyramid: dict  # refine scale -> (C, H_s, W_s) intensity image
+    frame: torch.Tensor | None = None  # (C, H_f, W_f) fine detail for fixed landmarks, or None
+
+
+#: Gaussian sigma (pixels of the search level) of the blur that :meth:`_frame_search` subtracts:
+#: a structure fixed to the device (an ear-rod ring) is thin and sharp, while the head behind
+#: it, which moves, fills the low frequencies; left in, the moving head decides the correlation
+#: (machine porion on the shared cephalograms, frame search alone: 53 px mean error on raw
+#: intensities, 7.1 px with this sigma, 10.4 px with 3; docs/landmarks.md).
+_FRAME_DETAIL_SIGMA = 1.5
 
 
 class OneShotLandmarkLocator(BaseEstimator):
@@ -64,7 +73,9 @@ class OneShotLandmarkLocator(BaseEstimator):
     re-places outliers. With unlabelled images, ``fit`` also fine-tunes the encoder so that
     points put in correspondence by the pseudo landmarks look alike
     (``correspondence_steps``), and adds pseudo templates (``n_pseudo_templates``); several
-    templates vote, and the per-landmark median of their votes is the answer.
+    templates vote, and the per-landmark median of their votes is the answer. Landmarks fixed
+    to the imaging device rather than to the anatomy (``fixed_landmarks``) skip (1)-(4): they
+    are searched around the template's own image coordinates.
 
     Parameters
     ----------
@@ -120,6 +131,17 @@ class OneShotLandmarkLocator(BaseEstimator):
         the only template to locate the given templates' landmarks back; the images with the
         smallest round-trip error join the templates with their predicted landmarks. Needs
         ``X_unlabeled``; without it only the given templates are used.
+    fixed_landmarks : array-like of int or None, default=None
+        Indices (0-based, into the L landmarks) of landmarks fixed to the imaging device, not
+        to the anatomy: for example machine porion, the top of a cephalostat's ear rod, which
+        holds still in the image while the skull around it moves. Each is found by normalised
+        cross-correlation of the template's patch (``refine_patch`` pixels of the finest
+        refinement level, fine detail only: a Gaussian blur of 1.5 px subtracted) within
+        ``search_radius`` of the template's own coordinates, scaled to the query's size; they
+        take no part in the shape transforms or the correspondence fine-tuning. Which
+        landmarks these are is knowledge about the acquisition, not something the locator
+        guesses: a landmark next to a fixed structure looks just as still (see
+        docs/landmarks.md).
     fusion : {"median", "maps"}, default="median"
         How several templates are combined: "median" locates the landmarks from each
         template separately and takes the per-landmark median of the coordinates; "maps"
@@ -141,6 +163,8 @@ class OneShotLandmarkLocator(BaseEstimator):
         templates come after the given ones.
     n_templates_ : int
         Templates given to :meth:`fit` (not counting pseudo templates).
+    fixed_landmarks_ : ndarray of shape (L,), bool
+        Which landmarks are searched in the image frame (``fixed_landmarks``).
     pseudo_template_errors_ : list of float
         Round-trip errors (pixels of the given templates) of the chosen pseudo templates.
     fit_time_ : float
@@ -177,6 +201,7 @@ class OneShotLandmarkLocator(BaseEstimator):
         "shape_tolerance": [Interval(Real, 0, None, closed="neither"), None],
         "correspondence_steps": [Interval(Integral, 0, None, closed="left")],
         "n_pseudo_templates": [Interval(Integral, 0, None, closed="left")],
+        "fixed_landmarks": ["array-like", None],
         "fusion": [StrOptions({"median", "maps"})],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -198,6 +223,7 @@ class OneShotLandmarkLocator(BaseEstimator):
         shape_tolerance=0.045,
         correspondence_steps=150,
         n_pseudo_templates=4,
+        fixed_landmarks=None,
         fusion="median",
         device="auto",
         random_state=None,
@@ -216,6 +242,7 @@ class OneShotLandmarkLocator(BaseEstimator):
         self.shape_tolerance = shape_tolerance
         self.correspondence_steps = correspondence_steps
         self.n_pseudo_templates = n_pseudo_templates
+        self.fixed_landmarks = fixed_landmarks
         self.fusion = fusion
         self.device = device
         self.random_state = random_state
@@ -246,6 +273,21 @@ class OneShotLandmarkLocator(BaseEstimator):
             raise ValueError(f"landmarks {idx} of {name} lie outside the {h} x {w} image "
                              "(expected (x, y) = (column, row) pixel coordinates)")
         return pts
+
+    def _check_fixed_landmarks(self, n_landmarks: int) -> np.ndarray:
+        mask = np.zeros(n_landmarks, bool)
+        if self.fixed_landmarks is None:
+            return mask
+        idx = np.asarray(self.fixed_landmarks)
+        if idx.ndim > 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"fixed_landmarks must be a list of landmark indices (ints), got {self.fixed_landmarks!r}")
+        idx = idx.astype(int).ravel()
+        bad = idx[(idx < 0) | (idx >= n_landmarks)]
+        if bad.size:
+            raise ValueError(f"fixed_landmarks {bad.tolist()} are not landmark indices (0 to {n_landmarks - 1}: "
+                             f"the templates have {n_landmarks} landmarks)")
+        mask[idx] = True
+        return mask
 
     def _resolve_encoder(self, templates: ImageCollection, X_unlabeled) -> LocalDiscriminativeEncoder:
         enc = resolve_encoder(self.encoder)
@@ -309,16 +351,21 @@ class OneShotLandmarkLocator(BaseEstimator):
             raise ValueError(f"the encoder takes {self.encoder_.n_channels_in_}-channel images but the template has "
                              f"{templates.n_channels}")
         self.n_landmarks_ = len(pts[0])
+        self.fixed_landmarks_ = self._check_fixed_landmarks(self.n_landmarks_)
+        if self.fixed_landmarks_.any() and not self.refine_scales and not isinstance(self.refine_patch, Integral):
+            raise ValueError("fixed_landmarks with refine_scales=() need refine_patch as one int (the side of "
+                             f"the correlated patch), got {self.refine_patch!r}")
         self.n_channels_in_ = templates.n_channels
         self.templates_ = [(templates[i], p) for i, p in enumerate(pts)]
         self.n_templates_ = len(pts)
         self._reset_cache()
         if self.correspondence_steps and X_unlabeled is not None:
-            if self.n_landmarks_ >= 3:
+            n_anatomical = int((~self.fixed_landmarks_).sum())
+            if n_anatomical >= 3:
                 self._fine_tune_on_correspondences(X_unlabeled)
             else:  # a thin-plate spline needs three points
-                warnings.warn(f"correspondence fine-tuning needs at least 3 landmarks, the templates have "
-                              f"{self.n_landmarks_}: skipped", stacklevel=2)
+                warnings.warn(f"correspondence fine-tuning needs at least 3 landmarks not in fixed_landmarks, the "
+                              f"templates have {n_anatomical}: skipped", stacklevel=2)
         if self.n_pseudo_templates and X_unlabeled is not None:
             self._add_pseudo_templates(X_unlabeled)
         self.fit_time_ = time.perf_counter() - start
@@ -336,7 +383,11 @@ class OneShotLandmarkLocator(BaseEstimator):
             # cephalograms would hold about 1 GB.
             shape = working_shape(*img.shape[:2], self.encoder_.image_size_)
             images.append(resize(to_tensor(img), shape).permute(1, 2, 0).numpy())
-            marks.append(matching.rescale_points(pts, img.shape[:2], shape))
+            # Fixed landmarks stay where the device holds them while the anatomy moves, so
+            # they are no anatomical correspondence (keeping them made no measurable
+            # difference on the cephalograms; docs/landmarks.md).
+            marks.append(np.where(self.fixed_landmarks_[:, None], np.nan,
+                                  matching.rescale_points(pts, img.shape[:2], shape)))
 
         for img, pts in self.templates_:
             keep(img, pts)
@@ -417,13 +468,17 @@ class OneShotLandmarkLocator(BaseEstimator):
         for s in self.refine_scales:
             ph, pw = working_shape(big_h, big_w, min(round(enc.image_size_ * s), min(big_h, big_w))) if enc.image_size_ else (big_h, big_w)
             pyramid[s] = resize(full, (ph, pw))
-        return _View(shape=(big_h, big_w), work_shape=(h, w), features=maps, pyramid=pyramid)
+        frame = None
+        if self.fixed_landmarks_.any():
+            level = pyramid[max(self.refine_scales)] if self.refine_scales else x
+            frame = level - matching.gaussian_blur(level, _FRAME_DETAIL_SIGMA)
+        return _View(shape=(big_h, big_w), work_shape=(h, w), features=maps, pyramid=pyramid, frame=frame)
 
     def _templates(self):
         """(view, landmarks at working resolution, valid mask, descriptors) per template."""
         # Template views depend on these parameters; set_params between calls must not reuse them.
         key = (self.features, self.sigma, tuple(self.refine_scales), str(self._device()),
-               tuple(id(img) for img, _ in self.templates_))
+               self.fixed_landmarks_.tobytes(), tuple(id(img) for img, _ in self.templates_))
         if getattr(self, "_template_cache", None) is None or self._template_key != key:
             self._template_key = key
             cache = [self._template(self._view(img), pts) for img, pts in self.templates_]
@@ -470,8 +525,9 @@ class OneShotLandmarkLocator(BaseEstimator):
         h, w = view.work_shape
         sims = self._similarity_maps(view, templates)
         points, conf = matching.subpixel_argmax(sims)
-        primary_pts, primary_valid = templates[0][1], templates[0][2]
-        if self.search_radius is not None:
+        # Fixed landmarks do not move with the anatomy: no shape transform may be fitted to them.
+        primary_pts, primary_valid = templates[0][1], templates[0][2] & ~self.fixed_landmarks_
+        if self.search_radius is not None and primary_valid.any():
             radius = self.search_radius * min(h, w)
             found = points.cpu().double().numpy()
             tr, _ = matching.robust_transform(primary_pts[primary_valid], found[primary_valid], radius / 2,
@@ -487,10 +543,15 @@ class OneShotLandmarkLocator(BaseEstimator):
             points, conf = matching.subpixel_argmax(windowed)
         pts = points.cpu().double().numpy()
         confidence = conf.cpu().double().numpy()
-        if self.refine_scales:
+        anatomical = primary_valid.any()
+        if self.refine_scales and anatomical:
             pts, confidence = self._refine(view, pts, templates, sims, self.refine_scales)
-        if self.shape_tolerance is not None:
+        if self.shape_tolerance is not None and anatomical:
             pts, confidence = self._enforce_shape(view, pts, confidence, templates, sims)
+        if self.fixed_landmarks_.any():
+            found, peak = self._frame_search(view, templates)
+            use = ~np.isnan(found[:, 0])  # a fixed landmark no template has keeps the coarse estimate
+            pts[use], confidence[use] = found[use], peak[use]
         out = matching.rescale_points(pts, view.work_shape, view.shape)
         # A landmark is a point of the image: a shape transform may put it outside, the
         # answer stays inside (pixel centres from 0 to W - 1 and H - 1).
@@ -508,7 +569,7 @@ class OneShotLandmarkLocator(BaseEstimator):
     def _enforce_shape(self, view: _View, pts: np.ndarray, confidence: np.ndarray, templates, sims):
         """Replace landmarks that break the template's shape by the shape's prediction, refined
         at the finer levels only (so that the coarse look-alike cannot win again)."""
-        t_pts, t_valid = templates[0][1], templates[0][2]
+        t_pts, t_valid = templates[0][1], templates[0][2] & ~self.fixed_landmarks_
         tol = self.shape_tolerance * min(view.work_shape)
         tr, _ = matching.robust_transform(t_pts[t_valid], pts[t_valid], tol, kind="affine")
         expected = matching.apply_transform(t_pts, tr)
@@ -543,7 +604,9 @@ class OneShotLandmarkLocator(BaseEstimator):
             for t_view, t_work, valid, _ in templates:
                 t_img = t_view.pyramid[s]
                 t_pts = matching.rescale_points(t_work, t_view.work_shape, tuple(t_img.shape[-2:]))
-                a, _ = matching.fit_transform(t_pts[valid], cur[valid], kind="similarity")
+                moving = valid & ~self.fixed_landmarks_
+                moving = moving if moving.any() else valid
+                a, _ = matching.fit_transform(t_pts[moving], cur[moving], kind="similarity")
                 inv = torch.as_tensor(np.linalg.inv(a), dtype=torch.float32, device=q_img.device)
                 patches = matching.sample_patches(t_img, torch.as_tensor(t_pts, dtype=torch.float32, device=q_img.device),
                                                   p, linear=inv)
@@ -572,6 +635,44 @@ class OneShotLandmarkLocator(BaseEstimator):
             # exceeds 1 wherever the coarse similarity is high, so clipped it said 1 nearly always.
             best = score.flatten(1).argmax(dim=1, keepdim=True)
             conf = ncc.flatten(1).gather(1, best)[:, 0].cpu().double().numpy()
+        return pts, conf
+
+    def _frame_search(self, view: _View, templates):
+        """Fixed landmarks: each template's patch of fine detail correlated within
+        ``search_radius`` of the template's own coordinates, scaled to the query's size (no
+        shape transform: the device holds them still). Returns ((L, 2) points at working
+        resolution, NaN for the other landmarks, (L,) correlation peaks); the per-landmark
+        median over the templates that have the landmark."""
+        idx = np.flatnonzero(self.fixed_landmarks_)
+        q = view.frame
+        q_shape = tuple(q.shape[-2:])
+        # search_radius=None searches the whole image, as the coarse stage does.
+        radius = max(q_shape) if self.search_radius is None else max(1, round(self.search_radius * min(q_shape)))
+        if self.refine_scales:
+            finest = list(self.refine_scales).index(max(self.refine_scales))
+            size = self._per_level(self.refine_patch, "refine_patch")[finest]
+        else:
+            size = int(self.refine_patch)  # fit accepts only an int when there are no refinement levels
+        votes, peaks = [], []
+        for t_view, t_work, valid, _ in templates:
+            t_frame = t_view.frame
+            t_pts = matching.rescale_points(t_work[idx], t_view.work_shape, tuple(t_frame.shape[-2:]))
+            centres = matching.rescale_points(t_work[idx], t_view.work_shape, q_shape)
+            regions = matching.sample_patches(q, torch.as_tensor(centres, dtype=torch.float32, device=q.device),
+                                              size + 2 * radius)
+            patches = matching.sample_patches(t_frame, torch.as_tensor(t_pts, dtype=torch.float32, device=q.device),
+                                              size)
+            peak, value = matching.subpixel_argmax(matching.ncc_maps(regions, patches))
+            found = centres + (peak.cpu().double().numpy() - radius)
+            has = valid[idx]
+            votes.append(np.where(has[:, None], found, np.nan))
+            peaks.append(np.where(has, value.cpu().double().numpy(), np.nan))
+        pts = np.full((self.n_landmarks_, 2), np.nan)
+        conf = np.full(self.n_landmarks_, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: no template has it
+            pts[idx] = matching.rescale_points(np.nanmedian(votes, axis=0), q_shape, view.work_shape)
+            conf[idx] = np.nanmedian(peaks, axis=0)
         return pts, conf
 
     # ------------------------------------------------------------------ predict

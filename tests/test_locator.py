@@ -227,3 +227,72 @@ def test_fit_pretrains_an_encoder_and_picks_pseudo_templates():
     q, mq = phantom(rotation(1, 1, (-3, 3)))
     err = np.linalg.norm(loc.predict(q[None])[0] - mq, axis=-1)
     assert np.median(err) < 2, err
+
+
+def _with_ring(img, centre=(128.0, 28.0), radius=9.0, strength=0.08):
+    """The image with a thin bright ring drawn in the image frame (a device part, such as a
+    cephalostat's ear rod, that stays put while the anatomy moves), and the ring's top point."""
+    h, w = img.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(xx - centre[0], yy - centre[1])
+    ring = np.exp(-((d - radius) ** 2) / 2.0) + np.exp(-(d**2) / 4.0)
+    # Faint by default, so that the anatomy, not the ring, decides the default matching.
+    return np.clip(img * 0.9 + strength * ring, 0, 1).astype(np.float32), np.array([centre[0], centre[1] - radius])
+
+
+def test_fixed_landmarks_are_found_in_the_image_frame(encoder):
+    """A landmark on a ring that holds still while the phantom moves is carried off with the
+    anatomy by default, and found where it is when declared fixed; the others are unaffected."""
+    template, marks = phantom()
+    template, top = _with_ring(template)
+    marks = np.vstack([marks, top])
+    moves = [rotation(0, 1, (7, -5)), rotation(3, 1.02, (-6, 4))]
+    queries = [phantom(m) for m in moves]
+    images = np.stack([_with_ring(q)[0] for q, _ in queries])
+    true = np.stack([np.vstack([m, top]) for _, m in queries])
+    default = np.linalg.norm(locator(encoder).fit(template, marks).predict(images) - true, axis=-1)
+    loc = locator(encoder, fixed_landmarks=[6]).fit(template, marks)
+    assert loc.fixed_landmarks_.tolist() == [False] * 6 + [True]
+    pred, conf = loc.predict_confidence(images)
+    err = np.linalg.norm(pred - true, axis=-1)
+    assert err[:, 6].max() < 1.0 and default[:, 6].min() > 5, (err[:, 6], default[:, 6])
+    assert np.median(err[:, :6]) < 1.5 and err[:, :6].max() < 4, err
+    assert (conf[:, 6] > 0.8).all()
+    # Without refinement levels the search runs at the working resolution (48 px here: a
+    # ring as faint as above is gone, a bright one is found to about a working pixel).
+    bright = [_with_ring(img, strength=0.5)[0] for img in (phantom()[0], *(q for q, _ in queries))]
+    coarse = locator(encoder, fixed_landmarks=[6], refine_scales=()).fit(bright[0], marks).predict(np.stack(bright[1:]))
+    assert np.linalg.norm(coarse[:, 6] - true[:, 6], axis=-1).max() < 3.0
+
+
+def test_fixed_landmarks_stay_out_of_the_correspondence_fine_tuning(encoder, monkeypatch):
+    import skuld.locator
+
+    seen = {}
+
+    def record(encoder, images, marks, **kw):
+        seen["marks"] = marks
+        return encoder
+
+    monkeypatch.setattr(skuld.locator, "fine_tune_correspondence", record)
+    template, marks = phantom()
+    pool = np.stack([phantom(rotation(d, 1, (d, 2)))[0] for d in (-3, 2)])
+    locator(encoder, fixed_landmarks=[1], n_pseudo_templates=0).fit(template, marks, X_unlabeled=pool)
+    assert len(seen["marks"]) == 3
+    for m in seen["marks"]:
+        assert np.isnan(m[1]).all() and np.isfinite(np.delete(m, 1, axis=0)).all()
+
+
+def test_bad_fixed_landmarks_get_named_errors(encoder):
+    template, marks = phantom()
+    with pytest.raises(ValueError, match=r"fixed_landmarks \[6\] are not landmark indices \(0 to 5"):
+        locator(encoder, fixed_landmarks=[0, 6]).fit(template, marks)
+    with pytest.raises(ValueError, match="list of landmark indices"):
+        locator(encoder, fixed_landmarks=[1.5]).fit(template, marks)
+    with pytest.raises(ValueError, match="list of landmark indices"):
+        locator(encoder, fixed_landmarks=[[1], [2]]).fit(template, marks)
+    with pytest.raises(ValueError, match="refine_patch as one int"):
+        locator(encoder, fixed_landmarks=[1], refine_scales=(), refine_patch=()).fit(template, marks)
+    with pytest.warns(UserWarning, match="at least 3 landmarks not in fixed_landmarks"):
+        locator(encoder, fixed_landmarks=[0, 1, 2, 3], n_pseudo_templates=0).fit(
+            template, marks, X_unlabeled=phantom(rotation(0, 1, (2, 2)))[0][None])
