@@ -12,6 +12,10 @@ encoder (default: pretrain one with the locator's settings, ``skuld.locator.ENCO
 and random_state 0, on images 001-100 without labels: 8-13 minutes on 2 cores).
 
     python benchmarks/landmark_templates.py [--encoder enc.joblib] [--templates 1 2 5 10] [--single 1 2 3 4 5]
+        [--fixed 4 --out benchmarks/results/landmark_templates_fixed]
+
+``--fixed`` declares landmarks (numbered from 1, as in the tables) fixed to the device in
+every row (``fixed_landmarks``; landmark 4, porion, is the top of the ear-rod ring here).
 
 About 25 minutes on 2 cores after pretraining.
 
@@ -45,6 +49,8 @@ def main():
     ap.add_argument("--templates", type=int, nargs="+", default=[1, 2, 5, 10], help="K: the first K images labelled")
     ap.add_argument("--single", type=int, nargs="*", default=[1, 2, 3, 4, 5],
                     help="image numbers (1-based) each used alone as the template")
+    ap.add_argument("--fixed", type=int, nargs="*", default=[],
+                    help="landmark numbers (from 1) fixed to the device: fixed_landmarks in every row")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_templates"))
     args = ap.parse_args()
     files = ceph_files()
@@ -58,7 +64,8 @@ def main():
     rows = []
     for label, chosen in runs:
         start = time.perf_counter()
-        loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=0)
+        loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=0,
+                                     fixed_landmarks=[n - 1 for n in args.fixed] or None)
         loc.fit([files[i] for i in chosen], list(truth[chosen]), X_unlabeled=unlabeled)
         pred = loc.predict([files[i] for i in evaluation])
         err = np.linalg.norm(pred - truth[evaluation], axis=-1)
@@ -70,7 +77,9 @@ def main():
         print(rows[-1], flush=True)
     result = {"evaluation_images": f"{first_eval + 1:03d}-{len(files):03d}", "rows": rows,
               "command": "python benchmarks/landmark_templates.py" + (" --encoder ENC" if args.encoder else "")
-              + " --templates " + " ".join(map(str, args.templates)) + " --single " + " ".join(map(str, args.single)),
+              + " --templates " + " ".join(map(str, args.templates))
+              + " --single" + "".join(f" {n}" for n in args.single)
+              + "".join(f" --fixed {n}" if i == 0 else f" {n}" for i, n in enumerate(args.fixed)),
               "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned",
               "threads": torch.get_num_threads()}
     out = Path(args.out)
@@ -80,7 +89,10 @@ def main():
           f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
                                       if args.encoder else "")
           + f": every row shares one encoder, {result['encoder']}, and the pool of unlabelled images "
-          f"{result['evaluation_images']}; {result['threads']} CPU threads.", "",
+          f"{result['evaluation_images']}; {result['threads']} CPU threads"
+          + (f"; landmark{'s' * (len(args.fixed) > 1)} {', '.join(map(str, args.fixed))} declared fixed to the "
+             "device (fixed_landmarks)"
+             if args.fixed else "") + ".", "",
           "| labelled templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " | fit and predict s |",
           "|---|---|---|" + "---|" * len(RADII) + "---|"]
     for r in rows:

@@ -1,0 +1,99 @@
+"""Does declaring porion fixed to the cephalostat help OneShotLandmarkLocator, beyond the
+fine-tuning's draw-to-draw spread?
+
+On the shared cephalograms (template 001, mollabashi truth, images 002-100 unlabelled and
+evaluated): for each ``--seeds`` value, the default locator and the same locator with
+``fixed_landmarks=[3]`` (landmark 4, porion, annotated at the top of the ear-rod ring, which
+the cephalostat holds still in the image) are fitted on one shared pretrained encoder; the
+seed draws the correspondence fine-tuning's pairs and points. Paired differences per seed,
+overall and per landmark.
+
+``--encoder PATH`` reuses a saved encoder (default: pretrain one as the locator does,
+``skuld.locator.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
+on 2 cores); then about 5 minutes per seed.
+
+    python benchmarks/landmark_fixed.py [--encoder enc.joblib] [--seeds 0 1 2]
+
+Writes ``benchmarks/results/landmark_fixed.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.frozen import FrozenEstimator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from landmarks import PORION, ceph_files, load_truth, locator_encoder  # noqa: E402
+
+from skuld import OneShotLandmarkLocator  # noqa: E402
+from skuld.io import read_image  # noqa: E402
+
+CONFIGS = {"defaults": {}, "porion fixed": {"fixed_landmarks": [PORION]}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random_state of each pair of fits")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_fixed"))
+    args = ap.parse_args()
+    files = ceph_files()
+    truth = load_truth("mollabashi")
+    encoder = locator_encoder(files, args.encoder)
+    images = [read_image(f) for f in files[1:]]
+    runs = []
+    for seed in args.seeds:
+        for name, change in CONFIGS.items():
+            loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=seed, **change)
+            loc.fit(files[0], truth[0], X_unlabeled=files[1:])
+            start = time.perf_counter()
+            pred = loc.predict(images)
+            seconds = (time.perf_counter() - start) / len(images)
+            err = np.linalg.norm(pred - truth[1:], axis=-1)
+            runs.append({"seed": seed, "config": name, "mre": float(np.nanmean(err)),
+                         "median": float(np.nanmedian(err)),
+                         "per_landmark": np.nanmean(err, axis=0).round(2).tolist(),
+                         "fit_seconds": loc.fit_time_, "seconds_per_image": seconds})
+            print(f"seed {seed} {name}: MRE {runs[-1]['mre']:.2f} ({seconds:.2f} s/image)", flush=True)
+    by = {(r["seed"], r["config"]): r for r in runs}
+    diffs = np.array([by[s, "porion fixed"]["mre"] - by[s, "defaults"]["mre"] for s in args.seeds])
+    per = np.array([np.subtract(by[s, "porion fixed"]["per_landmark"], by[s, "defaults"]["per_landmark"])
+                    for s in args.seeds])
+    result = {"command": "python benchmarks/landmark_fixed.py" + (" --encoder ENC" if args.encoder else "")
+              + " --seeds " + " ".join(map(str, args.seeds)),
+              "runs": runs, "paired_mre_difference": diffs.tolist(), "threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    md = ["# Porion declared fixed to the cephalostat, paired over fine-tuning draws (cephalograms 002-100, px)", "",
+          f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
+                                      if args.encoder else "")
+          + f": template 001, one shared pretrained encoder, {result['threads']} CPU threads.", "",
+          "| seed | defaults MRE | porion fixed MRE | difference | porion: defaults / fixed "
+          "| s/image: defaults / fixed |",
+          "|---|---|---|---|---|---|"]
+    for s, d in zip(args.seeds, diffs):
+        a, b = by[s, "defaults"], by[s, "porion fixed"]
+        md.append(f"| {s} | {a['mre']:.1f} | {b['mre']:.1f} | {d:+.1f} | {a['per_landmark'][PORION]:.0f} / "
+                  f"{b['per_landmark'][PORION]:.0f} | {a['seconds_per_image']:.2f} / {b['seconds_per_image']:.2f} |")
+    spread = diffs.std(ddof=1) if len(diffs) > 1 else 0.0
+    md += ["", f"Mean difference {diffs.mean():+.2f} px (standard deviation {spread:.2f},"
+           f" fixed ahead in {(diffs < 0).sum()} of {len(diffs)}).", "",
+           "Mean per-landmark difference (fixed - defaults, px): "
+           + ", ".join(f"{j + 1}: {v:+.1f}" for j, v in enumerate(per.mean(axis=0))) + "."]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
