@@ -364,8 +364,9 @@ class OneShotLandmarkLocator(BaseEstimator):
             if n_anatomical >= 3:
                 self._fine_tune_on_correspondences(X_unlabeled)
             else:  # a thin-plate spline needs three points
-                warnings.warn(f"correspondence fine-tuning needs at least 3 landmarks not in fixed_landmarks, the "
-                              f"templates have {n_anatomical}: skipped", stacklevel=2)
+                which = " not in fixed_landmarks" if self.fixed_landmarks_.any() else ""
+                warnings.warn(f"correspondence fine-tuning needs at least 3 landmarks{which}, the templates have "
+                              f"{n_anatomical}: skipped", stacklevel=2)
         if self.n_pseudo_templates and X_unlabeled is not None:
             self._add_pseudo_templates(X_unlabeled)
         self.fit_time_ = time.perf_counter() - start
