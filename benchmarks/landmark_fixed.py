@@ -20,7 +20,6 @@ Writes ``benchmarks/results/landmark_fixed.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import PORION, ceph_files, load_truth, locator_encoder  # noqa: E402
+from landmarks import ENC_NOTE, PORION, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
 
 from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.io import read_image  # noqa: E402
@@ -72,12 +71,8 @@ def main():
     result = {"command": "python benchmarks/landmark_fixed.py" + (" --encoder ENC" if args.encoder else "")
               + " --seeds " + " ".join(map(str, args.seeds)),
               "runs": runs, "paired_mre_difference": diffs.tolist(), "threads": torch.get_num_threads()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     md = ["# Porion declared fixed to the cephalostat, paired over fine-tuning draws (cephalograms 002-100, px)", "",
-          f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
-                                      if args.encoder else "")
+          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
           + f": template 001, one shared pretrained encoder, {result['threads']} CPU threads.", "",
           "| seed | defaults MRE | porion fixed MRE | difference | porion: defaults / fixed "
           "| s/image: defaults / fixed |",
@@ -91,8 +86,7 @@ def main():
            f" fixed ahead in {(diffs < 0).sum()} of {len(diffs)}).", "",
            "Mean per-landmark difference (fixed - defaults, px): "
            + ", ".join(f"{j + 1}: {v:+.1f}" for j, v in enumerate(per.mean(axis=0))) + "."]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, result, md)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Writes ``benchmarks/results/landmark_pseudo_templates.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import RADII, ceph_files, load_truth, locator_encoder  # noqa: E402
+from landmarks import ENC_NOTE, RADII, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
 
 from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.io import read_image  # noqa: E402
@@ -69,12 +68,8 @@ def main():
     result = {"rows": rows, "fit_seconds_without_pretraining": fit_seconds, "threads": torch.get_num_threads(),
               "command": "python benchmarks/landmark_pseudo_templates.py" + (" --encoder ENC" if args.encoder else "")
               + " --k " + " ".join(map(str, args.k))}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     md = ["# Pseudo templates: how many (cephalograms, template 001, 99 images, px)", "",
-          f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
-                                      if args.encoder else "")
+          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
           + f"; one fit ({fit_seconds:.0f} s after pretraining), median fusion; {result['threads']} CPU threads.", "",
           "| pseudo templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " | predict s/image |",
           "|---|---|---|" + "---|" * len(RADII) + "---|"]
@@ -85,8 +80,7 @@ def main():
            "|---|" + "---|" * len(rows)]
     for j in range(len(rows[0]["per_landmark"])):
         md.append(f"| {j + 1} | " + " | ".join(f"{r['per_landmark'][j]:.0f}" for r in rows) + " |")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, result, md)
 
 
 if __name__ == "__main__":

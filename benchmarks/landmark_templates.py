@@ -25,7 +25,6 @@ Writes ``benchmarks/results/landmark_templates.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import RADII, ceph_files, load_truth, locator_encoder  # noqa: E402
+from landmarks import ENC_NOTE, RADII, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
 
 from skuld import OneShotLandmarkLocator  # noqa: E402
 
@@ -82,12 +81,8 @@ def main():
               + "".join(f" --fixed {n}" if i == 0 else f" {n}" for i, n in enumerate(args.fixed)),
               "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned",
               "threads": torch.get_num_threads()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     md = [f"# Landmarks with K labelled templates (cephalograms {result['evaluation_images']}, px)", "",
-          f"`{result['command']}`" + (" (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
-                                      if args.encoder else "")
+          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
           + f": every row shares one encoder, {result['encoder']}, and the pool of unlabelled images "
           f"{result['evaluation_images']}; {result['threads']} CPU threads"
           + (f"; landmark{'s' * (len(args.fixed) > 1)} {', '.join(map(str, args.fixed))} declared fixed to the "
@@ -108,8 +103,7 @@ def main():
            "|---|" + "---|" * len(landmarks)]
     for j in range(len(landmarks[0]["per_landmark"])):
         md.append(f"| {j + 1} | " + " | ".join(f"{r['per_landmark'][j]:.0f}" for r in landmarks) + " |")
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(args.out, result, md)
 
 
 if __name__ == "__main__":

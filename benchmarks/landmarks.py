@@ -76,6 +76,20 @@ def locator_encoder(files: list[str], path=None, max_iter: int | None = None) ->
     return LocalDiscriminativeEncoder(**params).fit(files[1:] + files[:1])
 
 
+#: How a results table names the encoder a script was given with ``--encoder``.
+ENC_NOTE = " (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
+
+
+def write_results(out, result: dict, markdown: list[str]) -> None:
+    """Write ``out``.json (``result``) and ``out``.md (the ``markdown`` lines), making the
+    folder, and print the table."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text("\n".join(markdown) + "\n")
+    print("\n".join(markdown))
+
+
 def load_truth(annotator: str) -> np.ndarray:
     """(100, 19, 2) (x, y) landmarks of one annotator, NaN where missing."""
     out = np.full((100, 19, 2), np.nan)
