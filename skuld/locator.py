@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -43,7 +44,7 @@ class _View:
     work_shape: tuple[int, int]  # working (h, w)
     features: list  # unit-norm (C_i, h, w) maps, center-sensitive (smoothed)
     pyramid: dict  # refine scale -> (C, H_s, W_s) intensity image
-    frame: torch.Tensor | None = None  # (C, H_f, W_f) fine detail for fixed landmarks, or None
+    frame: torch.Tensor | None = None  # (C, H_f, W_f) the level fixed landmarks are searched at, or None
 
 
 #: Gaussian sigma (pixels of the search level) of the blur that :meth:`_frame_search` subtracts:
@@ -52,6 +53,17 @@ class _View:
 #: (machine porion on the shared cephalograms, frame search alone: 53 px mean error on raw
 #: intensities, 7.1 px with this sigma, 10.4 px with 3; docs/landmarks.md).
 _FRAME_DETAIL_SIGMA = 1.5
+
+
+def _fine_detail_patches(image: torch.Tensor, centres: np.ndarray, size: int) -> torch.Tensor:
+    """(L, C, size, size) patches of ``image`` around ``(x, y)`` centres with their Gaussian
+    blur (:data:`_FRAME_DETAIL_SIGMA`) subtracted. Blurred patch by patch, with a margin that
+    is cropped off: only these pixels are needed, not the whole (about 1000 x 1300) level."""
+    margin = math.ceil(3 * _FRAME_DETAIL_SIGMA)  # the blur kernel's radius
+    c = torch.as_tensor(centres, dtype=torch.float32, device=image.device)
+    wide = matching.sample_patches(image, c, size + 2 * margin)
+    detail = wide - matching.gaussian_blur(wide, _FRAME_DETAIL_SIGMA)
+    return detail[..., margin:margin + size, margin:margin + size]
 
 
 class OneShotLandmarkLocator(BaseEstimator):
@@ -471,8 +483,7 @@ class OneShotLandmarkLocator(BaseEstimator):
             pyramid[s] = resize(full, (ph, pw))
         frame = None
         if self.fixed_landmarks_.any():
-            level = pyramid[max(self.refine_scales)] if self.refine_scales else x
-            frame = level - matching.gaussian_blur(level, _FRAME_DETAIL_SIGMA)
+            frame = pyramid[max(self.refine_scales)] if self.refine_scales else x
         return _View(shape=(big_h, big_w), work_shape=(h, w), features=maps, pyramid=pyramid, frame=frame)
 
     def _templates(self):
@@ -659,10 +670,8 @@ class OneShotLandmarkLocator(BaseEstimator):
             t_frame = t_view.frame
             t_pts = matching.rescale_points(t_work[idx], t_view.work_shape, tuple(t_frame.shape[-2:]))
             centres = matching.rescale_points(t_work[idx], t_view.work_shape, q_shape)
-            regions = matching.sample_patches(q, torch.as_tensor(centres, dtype=torch.float32, device=q.device),
-                                              size + 2 * radius)
-            patches = matching.sample_patches(t_frame, torch.as_tensor(t_pts, dtype=torch.float32, device=q.device),
-                                              size)
+            regions = _fine_detail_patches(q, centres, size + 2 * radius)
+            patches = _fine_detail_patches(t_frame, t_pts, size)
             peak, value = matching.subpixel_argmax(matching.ncc_maps(regions, patches))
             found = centres + (peak.cpu().double().numpy() - radius)
             has = valid[idx]
