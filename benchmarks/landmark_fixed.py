@@ -21,20 +21,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.frozen import FrozenEstimator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import ENC_NOTE, PORION, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
+from landmarks import (  # noqa: E402
+    ENC_NOTE,
+    PORION,
+    ceph_files,
+    fit_and_predict,
+    load_truth,
+    locator_encoder,
+    write_results,
+)
 
-from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.io import read_image  # noqa: E402
 
 CONFIGS = {"defaults": {}, "porion fixed": {"fixed_landmarks": [PORION]}}
@@ -53,11 +58,7 @@ def main():
     runs = []
     for seed in args.seeds:
         for name, change in CONFIGS.items():
-            loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=seed, **change)
-            loc.fit(files[0], truth[0], X_unlabeled=files[1:])
-            start = time.perf_counter()
-            pred = loc.predict(images)
-            seconds = (time.perf_counter() - start) / len(images)
+            loc, pred, seconds = fit_and_predict(encoder, files, truth[0], images, random_state=seed, **change)
             err = np.linalg.norm(pred - truth[1:], axis=-1)
             runs.append({"seed": seed, "config": name, "mre": float(np.nanmean(err)),
                          "median": float(np.nanmedian(err)),

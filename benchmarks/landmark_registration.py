@@ -29,23 +29,30 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.frozen import FrozenEstimator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import ENC_NOTE, PORION, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
+from landmarks import (  # noqa: E402
+    ENC_NOTE,
+    PORION,
+    ceph_files,
+    fit_and_predict,
+    load_truth,
+    locator_encoder,
+    write_results,
+)
 
-from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.io import read_image  # noqa: E402
 
 #: (downsampling factor, control-grid columns, Adam steps) per level, coarse to fine.
 LEVELS = ((8, 8, 150), (4, 16, 150))
 
 
-def gray_tensor(path: str) -> torch.Tensor:
-    img = read_image(path).astype(np.float32) / 255
+def gray_tensor(img: np.ndarray) -> torch.Tensor:
+    """(1, 1, H, W) float tensor in [0, 1] of an 8-bit (H, W) or (H, W, C) image."""
+    img = img.astype(np.float32) / 255
     if img.ndim == 3:
         img = img.mean(axis=-1)
     return torch.from_numpy(img)[None, None]
@@ -112,18 +119,17 @@ def main():
     files = ceph_files()
     truth = load_truth("mollabashi")
     encoder = locator_encoder(files, args.encoder)
-    loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=0)
-    loc.fit(files[0], truth[0], X_unlabeled=files[1:])
     idx = list(range(1, 1 + args.images))
-    located = loc.predict([read_image(files[i]) for i in idx])
+    images = [read_image(files[i]) for i in idx]
+    _, located, _ = fit_and_predict(encoder, files, truth[0], images, random_state=0)
     moving = np.array([j for j in range(truth.shape[1]) if j != PORION])
-    template = gray_tensor(files[0])
+    template = gray_tensor(read_image(files[0]))
     rows = {"locator (defaults, random_state 0)": located, "affine map of the locator's landmarks": [],
             "registration": [], "mean of registration and locator": []}
     start = time.perf_counter()
     for k, i in enumerate(idx):
         affine = affine_fit(truth[0][moving], located[k][moving])
-        mapped = register(template, gray_tensor(files[i]), affine, truth[0])
+        mapped = register(template, gray_tensor(images[k]), affine, truth[0])
         rows["affine map of the locator's landmarks"].append(np.c_[truth[0], np.ones(len(truth[0]))] @ affine)
         rows["registration"].append(mapped)
         rows["mean of registration and locator"].append((mapped + located[k]) / 2)

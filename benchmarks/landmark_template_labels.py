@@ -23,20 +23,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.frozen import FrozenEstimator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from landmarks import ENC_NOTE, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
+from landmarks import ENC_NOTE, ceph_files, fit_and_predict, load_truth, locator_encoder, write_results  # noqa: E402
 
-from skuld import OneShotLandmarkLocator  # noqa: E402
 from skuld.io import read_image  # noqa: E402
 
 LABELS = ("mollabashi", "farhadifar", "mean of both")
@@ -57,11 +54,7 @@ def main():
     runs = []
     for seed in args.seeds:
         for name, marks in template_labels.items():
-            loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), random_state=seed)
-            loc.fit(files[0], marks, X_unlabeled=files[1:])
-            start = time.perf_counter()
-            pred = loc.predict(images)
-            seconds = (time.perf_counter() - start) / len(images)
+            loc, pred, seconds = fit_and_predict(encoder, files, marks, images, random_state=seed)
             err = np.linalg.norm(pred - first[1:], axis=-1)
             err_both = np.linalg.norm(pred - both[1:], axis=-1)
             runs.append({"seed": seed, "template_labels": name, "mre": float(np.nanmean(err)),

@@ -76,6 +76,19 @@ def locator_encoder(files: list[str], path=None, max_iter: int | None = None) ->
     return LocalDiscriminativeEncoder(**params).fit(files[1:] + files[:1])
 
 
+def fit_and_predict(encoder, files: list[str], marks: np.ndarray, images: list, **params):
+    """Fit ``OneShotLandmarkLocator(**params)`` on ``encoder`` (frozen) with template
+    ``files[0]`` labelled ``marks`` and ``files[1:]`` unlabelled, then predict ``images``.
+
+    Returns the fitted locator, the (n, L, 2) (x, y) predictions and the seconds per image.
+    """
+    loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), **params)
+    loc.fit(files[0], marks, X_unlabeled=files[1:])
+    start = time.perf_counter()
+    pred = loc.predict(images)
+    return loc, pred, (time.perf_counter() - start) / len(images)
+
+
 #: How a results table names the encoder a script was given with ``--encoder``.
 ENC_NOTE = " (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
 
