@@ -5,7 +5,7 @@ changes, written as PNG files; ``skuld index`` (one process, measured from outsi
 peak memory) embeds them one at a time with a briefly trained encoder and builds a compressed
 index by blocks; the saved index is then memory-mapped and queried.
 
-    python benchmarks/embed_index_scale.py [--images 2000 --stride 4]
+    python -m benchmarks.embed_index_scale [--images 2000 --stride 4]
 
 Writes ``benchmarks/results/embed_index_scale.json`` and ``.md``.
 """
@@ -24,15 +24,15 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=str(RESULTS_DIR))
     args = ap.parse_args()
 
     import imageio.v3 as iio
@@ -84,23 +84,19 @@ def main():
             "seconds_per_image": build_s / args.images, "peak_rss_GiB_embed_and_index": peak_child,
             "disk_bytes": disk, "bytes_per_vector_on_disk": disk / index.n_vectors_,
             "queries_per_second_mmap": args.queries / query_s, "self_hit_rate_at_1": self_hit,
-            "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_threads": os.cpu_count(),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=1))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "embed_index_scale.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = (f"# Embed and index {args.images} images of 512 x 512 ({result['date']}, {os.cpu_count()} CPU threads)\n\n"
-          f"`{result['command']}` (the build is `skuld index MODEL DIR --out IDX --stride {args.stride}`, one process)\n\n"
+    meta = run_metadata()
+    md = (f"# Embed and index {args.images} images of 512 x 512 ({meta['date']}, {meta['cpu_count']} CPU threads)\n\n"
+          f"`{meta['command']}` (the build is `skuld index MODEL DIR --out IDX --stride {args.stride}`, "
+          "one process)\n\n"
           "| images | vectors | index | embed + index s | s / image | peak RSS GiB | bytes/vector on disk | queries/s (mmap) | self-hit@1 |\n"
           "|---|---|---|---|---|---|---|---|---|\n"
           f"| {args.images} | {result['n_vectors']:,} | {result['factory']} | {build_s:.0f} | {result['seconds_per_image']:.3f} | "
           f"{peak_child:.2f} | {result['bytes_per_vector_on_disk']:.1f} | {result['queries_per_second_mmap']:.0f} | {self_hit:.3f} |\n")
-    with open(os.path.join(args.out, "embed_index_scale.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_results(os.path.join(args.out, "embed_index_scale"), result, md, meta)
 
 
 if __name__ == "__main__":

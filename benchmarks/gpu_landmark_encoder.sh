@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Longer pretraining of the locator's encoder on a GPU (run from the repository root):
 #   IMAGES=dir OUT=dir STEPS=10000 bash benchmarks/gpu_landmark_encoder.sh
-# Same settings as OneShotLandmarkLocator's CPU default (skuld.locator.ENCODER_DEFAULTS),
+# Same settings as OneShotLandmarkLocator's CPU default (skuld.landmarks.ENCODER_DEFAULTS),
 # only more steps (an H200 ran 10,000 steps in 196 s, about 52 steps/s, at these small crops).
 set -u
 source benchmarks/gpu_env.sh
 python3 - <<'PY'
 import os, time, joblib
 from skuld import LocalDiscriminativeEncoder
-from skuld.locator import ENCODER_DEFAULTS
+from skuld.landmarks import ENCODER_DEFAULTS
 images, out, steps = os.environ["IMAGES"], os.environ["OUT"], int(os.environ.get("STEPS", 10000))
 params = {**ENCODER_DEFAULTS, "device": "cuda", "random_state": 0, "num_workers": 4, "compile": False}
 t = time.time()

@@ -24,10 +24,10 @@ joblib.dump(enc, os.path.join(out, "gpu_model.joblib"))
 np.save(os.path.join(out, "gpu_embedding.npy"), enc.transform(X[:1])[0, ::8, ::8])
 print("device", enc.device_, "loss", enc.loss_history_[0]["loss"], "->", enc.loss_history_[-1]["loss"])
 PY
-echo "== train step"; timeout 150 python3 benchmarks/train_step.py --device cuda --configs 448x4 --steps 20 --out /tmp/r
-echo "== loss trajectory"; timeout 200 python3 benchmarks/loss_trajectory.py --device cuda --steps 200 --out /tmp/r
-echo "== transform"; timeout 90 python3 benchmarks/transform.py --device cuda --out /tmp/r
-echo "== compiled step"; timeout 200 python3 benchmarks/train_step.py --device cuda --configs 448x4,448x8 --steps 20 --compile --impls skuld-bf16 --out /tmp/r/compile
+echo "== train step"; timeout 150 python3 -m benchmarks.train_step --device cuda --configs 448x4 --steps 20 --out /tmp/r
+echo "== loss trajectory"; timeout 200 python3 -m benchmarks.loss_trajectory --device cuda --steps 200 --out /tmp/r
+echo "== transform"; timeout 90 python3 -m benchmarks.transform --device cuda --out /tmp/r
+echo "== compiled step"; timeout 200 python3 -m benchmarks.train_step --device cuda --configs 448x4,448x8 --steps 20 --compile --impls skuld-bf16 --out /tmp/r/compile
 } 2>&1 | tee "$OUT/log.txt"
 cp /tmp/r/*.json "$OUT/" 2>/dev/null
 cp /tmp/r/compile/train_step_cuda.json "$OUT/train_step_cuda_compile.json" 2>/dev/null

@@ -15,7 +15,7 @@ default settings predicts every landmark with ``predict_confidence``. Reported:
 ``--locator PATH`` reuses a fitted locator saved with joblib (fitting one pretrains an encoder:
 about 14 minutes on 2 cores).
 
-    python benchmarks/landmark_errors.py [--locator loc.joblib]
+    python -m benchmarks.landmark_errors [--locator loc.joblib]
 
 Writes ``benchmarks/results/landmark_errors.{json,md}``.
 """
@@ -23,23 +23,16 @@ Writes ``benchmarks/results/landmark_errors.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import joblib
 import numpy as np
 from scipy.stats import spearmanr
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from landmarks import ceph_files, load_truth  # noqa: E402
-
-from skuld import OneShotLandmarkLocator  # noqa: E402
-from skuld.matching import apply_transform, fit_transform  # noqa: E402
+from benchmarks.common.data import ceph_files, load_truth
+from benchmarks.common.results import RESULTS_DIR, write_results
+from skuld import OneShotLandmarkLocator
+from skuld.matching import apply_transform, fit_transform
 
 SHAPE_MODES = (2, 4, 6, 8, 12)
 SHAPE_TOLERANCES = (20, 30, 45, 60)
@@ -91,7 +84,7 @@ def shape_model_trials(pred: np.ndarray, truth: np.ndarray) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--locator", help="a fitted OneShotLandmarkLocator saved with joblib (default: fit one)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_errors"))
+    ap.add_argument("--out", default=str(RESULTS_DIR / "landmark_errors"))
     args = ap.parse_args()
     files = ceph_files()
     truth = load_truth("mollabashi")
@@ -135,14 +128,11 @@ def main():
         "per_landmark_spearman": [float(spearmanr(conf[ok[:, i], i], err[ok[:, i], i]).statistic)
                                   for i in range(err.shape[1])],
         "shape_model": shape_model_trials(pred, truth[1:]),
-        "command": "python benchmarks/landmark_errors.py" + (" --locator LOC" if args.locator else ""),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    command = "python -m benchmarks.landmark_errors" + (" --locator LOC" if args.locator else "")
     md = ["# Landmark errors and confidence on the cephalograms (template 001, 99 images, defaults)", "",
-          f"`{result['command']}`" + (": LOC is a locator fitted as the script fits it without --locator, saved with "
-                                      "joblib." if args.locator else ""), "",
+          f"`{command}`" + (": LOC is a locator fitted as the script fits it without --locator, saved with "
+                            "joblib." if args.locator else ""), "",
           "| measure | value |", "|---|---|",
           f"| mean radial error, all points | {result['mre']:.1f} px |",
           f"| median confidence (share at 1.0) | {result['confidence_median']:.2f} "
@@ -170,9 +160,7 @@ def main():
            "|---|" + "---|" * len(SHAPE_TOLERANCES)]
     for k in SHAPE_MODES:
         md.append(f"| {k} | " + " | ".join(f"{result['shape_model'][f'{k}/{t}']:.2f}" for t in SHAPE_TOLERANCES) + " |")
-    md.append("")
-    out.with_suffix(".md").write_text("\n".join(md))
-    print("\n".join(md))
+    write_results(args.out, result, md)
 
 
 if __name__ == "__main__":

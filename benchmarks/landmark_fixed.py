@@ -9,47 +9,29 @@ seed draws the correspondence fine-tuning's pairs and points. Paired differences
 overall and per landmark.
 
 ``--encoder PATH`` reuses a saved encoder (default: pretrain one as the locator does,
-``skuld.locator.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
+``skuld.landmarks.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
 on 2 cores); then about 5 minutes per seed.
 
-    python benchmarks/landmark_fixed.py [--encoder enc.joblib] [--seeds 0 1 2]
+    python -m benchmarks.landmark_fixed [--encoder enc.joblib] [--seeds 0 1 2]
 
 Writes ``benchmarks/results/landmark_fixed.{json,md}``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from landmarks import (  # noqa: E402
-    ENC_NOTE,
-    PORION,
-    ceph_files,
-    fit_and_predict,
-    load_truth,
-    locator_encoder,
-    write_results,
-)
-
-from skuld.io import read_image  # noqa: E402
+from benchmarks.common.data import ceph_files, load_truth
+from benchmarks.common.landmarks import ENC_NOTE, PORION, fit_and_predict, landmark_parser, locator_encoder
+from benchmarks.common.results import run_metadata, write_results
+from skuld.io import read_image
 
 CONFIGS = {"defaults": {}, "porion fixed": {"fixed_landmarks": [PORION]}}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap = landmark_parser(__doc__, "landmark_fixed")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random_state of each pair of fits")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_fixed"))
     args = ap.parse_args()
     files = ceph_files()
     truth = load_truth("mollabashi")
@@ -69,12 +51,13 @@ def main():
     diffs = np.array([by[s, "porion fixed"]["mre"] - by[s, "defaults"]["mre"] for s in args.seeds])
     per = np.array([np.subtract(by[s, "porion fixed"]["per_landmark"], by[s, "defaults"]["per_landmark"])
                     for s in args.seeds])
-    result = {"command": "python benchmarks/landmark_fixed.py" + (" --encoder ENC" if args.encoder else "")
-              + " --seeds " + " ".join(map(str, args.seeds)),
-              "runs": runs, "paired_mre_difference": diffs.tolist(), "threads": torch.get_num_threads()}
+    result = {"runs": runs, "paired_mre_difference": diffs.tolist()}
+    meta = run_metadata()
+    command = ("python -m benchmarks.landmark_fixed" + (" --encoder ENC" if args.encoder else "")
+               + " --seeds " + " ".join(map(str, args.seeds)))
     md = ["# Porion declared fixed to the cephalostat, paired over fine-tuning draws (cephalograms 002-100, px)", "",
-          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
-          + f": template 001, one shared pretrained encoder, {result['threads']} CPU threads.", "",
+          f"`{command}`" + (ENC_NOTE if args.encoder else "")
+          + f": template 001, one shared pretrained encoder, {meta['torch_threads']} CPU threads.", "",
           "| seed | defaults MRE | porion fixed MRE | difference | porion: defaults / fixed "
           "| s/image: defaults / fixed |",
           "|---|---|---|---|---|---|"]
@@ -87,7 +70,7 @@ def main():
            f" fixed ahead in {(diffs < 0).sum()} of {len(diffs)}).", "",
            "Mean per-landmark difference (fixed - defaults, px): "
            + ", ".join(f"{j + 1}: {v:+.1f}" for j, v in enumerate(per.mean(axis=0))) + "."]
-    write_results(args.out, result, md)
+    write_results(args.out, result, md, meta)
 
 
 if __name__ == "__main__":

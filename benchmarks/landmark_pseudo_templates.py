@@ -8,40 +8,31 @@ otherwise). Each K is then scored with the median fusion of the defaults: MRE, m
 and seconds per image of ``predict``.
 
 ``--encoder PATH`` reuses a saved encoder (default: pretrain one as the locator does,
-``skuld.locator.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
+``skuld.landmarks.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
 on 2 cores); the rest takes about 12 minutes.
 
-    python benchmarks/landmark_pseudo_templates.py [--encoder enc.joblib] [--k 0 4 8 12 16 24]
+    python -m benchmarks.landmark_pseudo_templates [--encoder enc.joblib] [--k 0 4 8 12 16 24]
 
 Writes ``benchmarks/results/landmark_pseudo_templates.{json,md}``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.frozen import FrozenEstimator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from landmarks import ENC_NOTE, RADII, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
-
-from skuld import OneShotLandmarkLocator  # noqa: E402
-from skuld.io import read_image  # noqa: E402
+from benchmarks.common.data import ceph_files, load_truth
+from benchmarks.common.landmarks import ENC_NOTE, RADII, landmark_parser, locator_encoder, per_landmark_table
+from benchmarks.common.results import run_metadata, write_results
+from skuld import OneShotLandmarkLocator
+from skuld.io import read_image
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap = landmark_parser(__doc__, "landmark_pseudo_templates")
     ap.add_argument("--k", type=int, nargs="+", default=[0, 4, 8, 12, 16, 24], help="numbers of pseudo templates")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_pseudo_templates"))
     args = ap.parse_args()
     files = ceph_files()
     truth = load_truth("mollabashi")
@@ -65,22 +56,21 @@ def main():
                      **{f"sdr{r}": float(np.nanmean(err[~np.isnan(err)] <= r)) for r in RADII},
                      "seconds_per_image": seconds, "per_landmark": np.nanmean(err, axis=0).round(2).tolist()})
         print(rows[-1], flush=True)
-    result = {"rows": rows, "fit_seconds_without_pretraining": fit_seconds, "threads": torch.get_num_threads(),
-              "command": "python benchmarks/landmark_pseudo_templates.py" + (" --encoder ENC" if args.encoder else "")
-              + " --k " + " ".join(map(str, args.k))}
+    result = {"rows": rows, "fit_seconds_without_pretraining": fit_seconds}
+    meta = run_metadata()
+    command = ("python -m benchmarks.landmark_pseudo_templates" + (" --encoder ENC" if args.encoder else "")
+               + " --k " + " ".join(map(str, args.k)))
     md = ["# Pseudo templates: how many (cephalograms, template 001, 99 images, px)", "",
-          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
-          + f"; one fit ({fit_seconds:.0f} s after pretraining), median fusion; {result['threads']} CPU threads.", "",
+          f"`{command}`" + (ENC_NOTE if args.encoder else "")
+          + f"; one fit ({fit_seconds:.0f} s after pretraining), median fusion; {meta['torch_threads']} CPU threads.",
+          "",
           "| pseudo templates | MRE | median | " + " | ".join(f"SDR@{r}" for r in RADII) + " | predict s/image |",
           "|---|---|---|" + "---|" * len(RADII) + "---|"]
     for r in rows:
         md.append(f"| {r['k']} | {r['mre']:.2f} | {r['median']:.1f} | "
                   + " | ".join(f"{100 * r[f'sdr{x}']:.0f} %" for x in RADII) + f" | {r['seconds_per_image']:.2f} |")
-    md += ["", "Per-landmark MRE (px):", "", "| landmark | " + " | ".join(str(r["k"]) for r in rows) + " |",
-           "|---|" + "---|" * len(rows)]
-    for j in range(len(rows[0]["per_landmark"])):
-        md.append(f"| {j + 1} | " + " | ".join(f"{r['per_landmark'][j]:.0f}" for r in rows) + " |")
-    write_results(args.out, result, md)
+    md += per_landmark_table([(str(r["k"]), r["per_landmark"]) for r in rows])
+    write_results(args.out, result, md, meta)
 
 
 if __name__ == "__main__":

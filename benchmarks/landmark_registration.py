@@ -14,37 +14,23 @@ and the mean of the registration and the locator.
 
 A prototype, not part of skuld: several seconds per image on 2 cores.
 
-    python benchmarks/landmark_registration.py [--encoder enc.joblib] [--images 20]
+    python -m benchmarks.landmark_registration [--encoder enc.joblib] [--images 20]
 
 Writes ``benchmarks/results/landmark_registration.{json,md}``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from landmarks import (  # noqa: E402
-    ENC_NOTE,
-    PORION,
-    ceph_files,
-    fit_and_predict,
-    load_truth,
-    locator_encoder,
-    write_results,
-)
-
-from skuld.io import read_image  # noqa: E402
+from benchmarks.common.data import ceph_files, load_truth
+from benchmarks.common.landmarks import ENC_NOTE, PORION, fit_and_predict, landmark_parser, locator_encoder
+from benchmarks.common.results import run_metadata, write_results
+from skuld.io import read_image
 
 #: (downsampling factor, control-grid columns, Adam steps) per level, coarse to fine.
 LEVELS = ((8, 8, 150), (4, 16, 150))
@@ -111,10 +97,8 @@ def register(template, query, affine, points, smoothness=0.005, window=15, step=
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap = landmark_parser(__doc__, "landmark_registration")
     ap.add_argument("--images", type=int, default=20, help="evaluate on images 002 .. 002 + N - 1")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_registration"))
     args = ap.parse_args()
     files = ceph_files()
     truth = load_truth("mollabashi")
@@ -137,20 +121,21 @@ def main():
               f"locator {np.nanmean(np.linalg.norm(located[k] - truth[i], axis=1)):.1f} px", flush=True)
     seconds = (time.perf_counter() - start) / len(idx)
     errors = {n: np.linalg.norm(np.asarray(p) - truth[idx], axis=-1) for n, p in rows.items()}
-    result = {"command": "python benchmarks/landmark_registration.py" + (" --encoder ENC" if args.encoder else "")
-              + f" --images {args.images}", "levels": LEVELS, "registration_seconds_per_image": seconds,
-              "threads": torch.get_num_threads(),
+    result = {"levels": LEVELS, "registration_seconds_per_image": seconds,
               "rows": {n: {"mre": float(np.nanmean(e)), "per_landmark": np.nanmean(e, axis=0).round(2).tolist()}
                        for n, e in errors.items()}}
+    meta = run_metadata()
+    command = ("python -m benchmarks.landmark_registration" + (" --encoder ENC" if args.encoder else "")
+               + f" --images {args.images}")
     md = ["# One-shot landmarks by dense registration (cephalograms, px)", "",
-          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
-          + f": template 001, images 002-{1 + args.images:03d}, mollabashi truth, {result['threads']} CPU threads; "
+          f"`{command}`" + (ENC_NOTE if args.encoder else "")
+          + f": template 001, images 002-{1 + args.images:03d}, mollabashi truth, {meta['torch_threads']} CPU threads; "
           f"registration {seconds:.1f} s per image.", "",
           "| landmark | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows),
           "| all | " + " | ".join(f"**{np.nanmean(e):.1f}**" for e in errors.values()) + " |"]
     for j in range(truth.shape[1]):
         md.append(f"| {j + 1} | " + " | ".join(f"{np.nanmean(e[:, j]):.0f}" for e in errors.values()) + " |")
-    write_results(args.out, result, md)
+    write_results(args.out, result, md, meta)
 
 
 if __name__ == "__main__":

@@ -4,46 +4,36 @@ A one-shot matcher carries the template's point to the same place on every image
 whatever the template's annotator did differently on that one image becomes an offset of
 every prediction. On the shared cephalograms (template 001, images 002-100 unlabelled and
 evaluated) the template is labelled three ways: by the annotator used as truth
-(mollabashi, what ``benchmarks/landmarks.py`` does), by the other annotator (farhadifar),
+(mollabashi, what ``benchmarks.landmarks`` does), by the other annotator (farhadifar),
 and by the mean of the two. Each is fitted with the locator's defaults on one shared
 pretrained encoder for each ``--seeds`` value (the seed draws the correspondence
 fine-tuning's pairs and points) and scored against mollabashi and against the mean of the
 two annotators.
 
 ``--encoder PATH`` reuses a saved encoder (default: pretrain one as the locator does,
-``skuld.locator.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
+``skuld.landmarks.ENCODER_DEFAULTS`` with random_state 0 on images 002-100 and 001: 8-13 minutes
 on 2 cores); then about 4 minutes per fit.
 
-    python benchmarks/landmark_template_labels.py [--encoder enc.joblib] [--seeds 0 1 2]
+    python -m benchmarks.landmark_template_labels [--encoder enc.joblib] [--seeds 0 1 2]
 
 Writes ``benchmarks/results/landmark_template_labels.{json,md}``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import numpy as np
-import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from landmarks import ENC_NOTE, ceph_files, fit_and_predict, load_truth, locator_encoder, write_results  # noqa: E402
-
-from skuld.io import read_image  # noqa: E402
+from benchmarks.common.data import ceph_files, load_truth
+from benchmarks.common.landmarks import ENC_NOTE, fit_and_predict, landmark_parser, locator_encoder
+from benchmarks.common.results import run_metadata, write_results
+from skuld.io import read_image
 
 LABELS = ("mollabashi", "farhadifar", "mean of both")
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap = landmark_parser(__doc__, "landmark_template_labels")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random_state of each set of fits")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_template_labels"))
     args = ap.parse_args()
     files = ceph_files()
     first, second = load_truth("mollabashi"), load_truth("farhadifar")
@@ -66,14 +56,14 @@ def main():
     by = {(r["seed"], r["template_labels"]): r for r in runs}
     # How far the template's labels are from each other, on image 001 itself.
     label_shift = np.linalg.norm(second[0] - first[0], axis=-1)
-    result = {"command": "python benchmarks/landmark_template_labels.py" + (" --encoder ENC" if args.encoder else "")
-              + " --seeds " + " ".join(map(str, args.seeds)),
-              "runs": runs, "template_annotator_distance": label_shift.round(2).tolist(),
-              "threads": torch.get_num_threads()}
+    result = {"runs": runs, "template_annotator_distance": label_shift.round(2).tolist()}
+    meta = run_metadata()
+    command = ("python -m benchmarks.landmark_template_labels" + (" --encoder ENC" if args.encoder else "")
+               + " --seeds " + " ".join(map(str, args.seeds)))
     md = ["# One-shot landmarks: who labelled the template (cephalograms 002-100, px)", "",
-          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
+          f"`{command}`" + (ENC_NOTE if args.encoder else "")
           + f": template 001 labelled three ways, the locator's defaults, one shared pretrained encoder, "
-          f"{result['threads']} CPU threads. MRE against mollabashi (the truth of `benchmarks/landmarks.py`) "
+          f"{meta['torch_threads']} CPU threads. MRE against mollabashi (the truth of `benchmarks.landmarks`) "
           "and against the mean of the two annotators.", "",
           "| seed | " + " | ".join(f"{n}: MRE / vs mean" for n in LABELS) + " |",
           "|---|" + "---|" * len(LABELS)]
@@ -90,7 +80,7 @@ def main():
     for j in range(first.shape[1]):
         md.append(f"| {j + 1} | {label_shift[j]:.0f} | " + " | ".join(
             f"{np.mean([by[s, n]['per_landmark'][j] for s in args.seeds]):.0f}" for n in LABELS) + " |")
-    write_results(args.out, result, md)
+    write_results(args.out, result, md, meta)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ share one pretrained encoder and one pool of unlabelled images, the images after
 templates (by default 011-100: correspondence fine-tuning and pseudo templates), and are
 scored on that pool. The shared encoder is the pretrained one, before any correspondence
 fine-tuning, so that no row uses another row's labels. ``--encoder PATH`` reuses a saved
-encoder (default: pretrain one with the locator's settings, ``skuld.locator.ENCODER_DEFAULTS``
+encoder (default: pretrain one with the locator's settings, ``skuld.landmarks.ENCODER_DEFAULTS``
 and random_state 0, on images 001-100 without labels: 8-13 minutes on 2 cores).
 
-    python benchmarks/landmark_templates.py [--encoder enc.joblib] [--templates 1 2 5 10] [--single 1 2 3 4 5]
+    python -m benchmarks.landmark_templates [--encoder enc.joblib] [--templates 1 2 5 10] [--single 1 2 3 4 5]
         [--fixed 4 --out benchmarks/results/landmark_templates_fixed]
 
 ``--fixed`` declares landmarks (numbered from 1, as in the tables) fixed to the device in
@@ -24,33 +24,24 @@ Writes ``benchmarks/results/landmark_templates.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.frozen import FrozenEstimator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from landmarks import ENC_NOTE, RADII, ceph_files, load_truth, locator_encoder, write_results  # noqa: E402
-
-from skuld import OneShotLandmarkLocator  # noqa: E402
+from benchmarks.common.data import ceph_files, load_truth
+from benchmarks.common.landmarks import ENC_NOTE, RADII, landmark_parser, locator_encoder, per_landmark_table
+from benchmarks.common.results import run_metadata, write_results
+from skuld import OneShotLandmarkLocator
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--encoder", help="a fitted LocalDiscriminativeEncoder saved with joblib (default: pretrain)")
+    ap = landmark_parser(__doc__, "landmark_templates")
     ap.add_argument("--templates", type=int, nargs="+", default=[1, 2, 5, 10], help="K: the first K images labelled")
     ap.add_argument("--single", type=int, nargs="*", default=[1, 2, 3, 4, 5],
                     help="image numbers (1-based) each used alone as the template")
     ap.add_argument("--fixed", type=int, nargs="*", default=[],
                     help="landmark numbers (from 1) fixed to the device: fixed_landmarks in every row")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmark_templates"))
     args = ap.parse_args()
     files = ceph_files()
     truth = load_truth("mollabashi")
@@ -75,16 +66,16 @@ def main():
                      "seconds": time.perf_counter() - start})
         print(rows[-1], flush=True)
     result = {"evaluation_images": f"{first_eval + 1:03d}-{len(files):03d}", "rows": rows,
-              "command": "python benchmarks/landmark_templates.py" + (" --encoder ENC" if args.encoder else "")
-              + " --templates " + " ".join(map(str, args.templates))
-              + " --single" + "".join(f" {n}" for n in args.single)
-              + "".join(f" --fixed {n}" if i == 0 else f" {n}" for i, n in enumerate(args.fixed)),
-              "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned",
-              "threads": torch.get_num_threads()}
+              "encoder": "pretrained (ENCODER_DEFAULTS, random_state 0), not fine-tuned"}
+    meta = run_metadata()
+    command = ("python -m benchmarks.landmark_templates" + (" --encoder ENC" if args.encoder else "")
+               + " --templates " + " ".join(map(str, args.templates))
+               + " --single" + "".join(f" {n}" for n in args.single)
+               + "".join(f" --fixed {n}" if i == 0 else f" {n}" for i, n in enumerate(args.fixed)))
     md = [f"# Landmarks with K labelled templates (cephalograms {result['evaluation_images']}, px)", "",
-          f"`{result['command']}`" + (ENC_NOTE if args.encoder else "")
+          f"`{command}`" + (ENC_NOTE if args.encoder else "")
           + f": every row shares one encoder, {result['encoder']}, and the pool of unlabelled images "
-          f"{result['evaluation_images']}; {result['threads']} CPU threads"
+          f"{result['evaluation_images']}; {meta['torch_threads']} CPU threads"
           + (f"; landmark{'s' * (len(args.fixed) > 1)} {', '.join(map(str, args.fixed))} declared fixed to the "
              "device (fixed_landmarks)"
              if args.fixed else "") + ".", "",
@@ -98,12 +89,8 @@ def main():
         md += ["", f"One labelled image, {len(singles)} choices: MRE {np.mean(singles):.1f} px on average "
                f"(standard deviation {np.std(singles, ddof=1):.1f}, range {min(singles):.1f}-{max(singles):.1f})."]
     landmarks = [r for r in rows if r["k"] == 1 or r["k"] == max(args.templates)]
-    md += ["", "Per-landmark MRE (px):", "",
-           "| landmark | " + " | ".join(r["templates"] for r in landmarks) + " |",
-           "|---|" + "---|" * len(landmarks)]
-    for j in range(len(landmarks[0]["per_landmark"])):
-        md.append(f"| {j + 1} | " + " | ".join(f"{r['per_landmark'][j]:.0f}" for r in landmarks) + " |")
-    write_results(args.out, result, md)
+    md += per_landmark_table([(r["templates"], r["per_landmark"]) for r in landmarks])
+    write_results(args.out, result, md, meta)
 
 
 if __name__ == "__main__":

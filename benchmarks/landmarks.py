@@ -19,14 +19,14 @@ In the same run:
   and the same pipeline on an untrained (random-weights) encoder.
 
 The encoder is pretrained by the script with the locator's own settings
-(``skuld.locator.ENCODER_DEFAULTS``, random_state 0, images 002-100 then 001) and handed to the
+(``skuld.landmarks.ENCODER_DEFAULTS``, random_state 0, images 002-100 then 001) and handed to the
 locator, so the ablations can use it before fine-tuning; "fit s" is pretraining plus the
 locator's fit.
 
 Usage::
 
-    python benchmarks/landmarks.py                  # full run (about 45 min on 2 cores)
-    python benchmarks/landmarks.py --quick          # 20 evaluation images, shorter pretraining
+    python -m benchmarks.landmarks                  # full run (about 45 min on 2 cores)
+    python -m benchmarks.landmarks --quick          # 20 evaluation images, shorter pretraining
 
 Writes ``benchmarks/results/landmarks.json`` and ``landmarks.md``.
 """
@@ -34,109 +34,19 @@ Writes ``benchmarks/results/landmarks.json`` and ``landmarks.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.frozen import FrozenEstimator
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator  # noqa: E402
-from skuld.io import read_image  # noqa: E402
-from skuld.locator import ENCODER_DEFAULTS  # noqa: E402
-from skuld.metrics import radial_errors  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "ceph_hamedan"
-RADII = (20, 25, 30, 40)
-
-
-def ceph_files() -> list[str]:
-    """Paths of the shared cephalograms 001-100, in order; exits with a message when they are absent."""
-    if not DATA.is_dir():
-        sys.exit(f"{DATA} not found: this benchmark needs ../shared/data/ceph_hamedan")
-    return sorted(str(p) for p in (DATA / "images").glob("*.png"))
-
-
-def locator_encoder(files: list[str], path=None, max_iter: int | None = None) -> LocalDiscriminativeEncoder:
-    """The encoder ``OneShotLandmarkLocator(random_state=0)`` pretrains for template 001 (its
-    settings, images 002-100 then 001: the same images in the same order), or the one saved
-    with joblib at ``path``."""
-    if path:
-        return joblib.load(path)
-    params = {**ENCODER_DEFAULTS, "random_state": 0, "verbose": 1}
-    if max_iter:
-        params["max_iter"] = max_iter
-    return LocalDiscriminativeEncoder(**params).fit(files[1:] + files[:1])
-
-
-def fit_and_predict(encoder, files: list[str], marks: np.ndarray, images: list, **params):
-    """Fit ``OneShotLandmarkLocator(**params)`` on ``encoder`` (frozen) with template
-    ``files[0]`` labelled ``marks`` and ``files[1:]`` unlabelled, then predict ``images``.
-
-    Returns the fitted locator, the (n, L, 2) (x, y) predictions and the seconds per image.
-    """
-    loc = OneShotLandmarkLocator(encoder=FrozenEstimator(encoder), **params)
-    loc.fit(files[0], marks, X_unlabeled=files[1:])
-    start = time.perf_counter()
-    pred = loc.predict(images)
-    return loc, pred, (time.perf_counter() - start) / len(images)
-
-
-#: How a results table names the encoder a script was given with ``--encoder``.
-ENC_NOTE = " (ENC: the encoder the script pretrains without --encoder, saved with joblib)"
-
-
-def write_results(out, result: dict, markdown: list[str]) -> None:
-    """Write ``out``.json (``result``) and ``out``.md (the ``markdown`` lines), making the
-    folder, and print the table."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text("\n".join(markdown) + "\n")
-    print("\n".join(markdown))
-
-
-def load_truth(annotator: str) -> np.ndarray:
-    """(100, 19, 2) (x, y) landmarks of one annotator, NaN where missing."""
-    out = np.full((100, 19, 2), np.nan)
-    with open(DATA / "annotations" / f"landmarks_{annotator}.csv") as f:
-        for row in csv.DictReader(f):
-            out[int(row["image"]) - 1, int(row["landmark"]) - 1] = float(row["x"]), float(row["y"])
-    return out
-
-
-def summarize(pred: np.ndarray, true: np.ndarray) -> dict:
-    e = radial_errors(pred, true)
-    ok = ~np.isnan(e)
-    return {
-        "mre": float(np.nanmean(e)), "median": float(np.nanmedian(e)),
-        **{f"sdr{r}": float((e[ok] <= r).mean()) for r in RADII},
-        "per_landmark_mre": [float(v) for v in np.nanmean(e, axis=0)],
-        "n_points": int(ok.sum()),
-    }
-
-
-FLOOR_ROW = "second annotator, its median offset per landmark removed (floor of a perfect one-shot matcher)"
-
-
-def annotator_rows(truth: np.ndarray, second: np.ndarray, idx) -> dict:
-    """The second annotator against the truth, as it is and without its per-landmark offset.
-
-    A perfect one-shot matcher carries the template's point to the same anatomy in every
-    image, so it inherits the template annotation's own noise and meets the evaluated
-    annotation's: if both annotators place points with alike, independent noise, the
-    second annotator with its systematic offset removed has that error.
-    """
-    offset = np.nanmedian(second[idx] - truth[idx], axis=0)
-    return {"second annotator (farhadifar) vs truth": summarize(second[idx], truth[idx]),
-            FLOOR_ROW: summarize(second[idx] - offset, truth[idx])}
+from benchmarks.common.data import ceph_files, has_dataset, load_truth
+from benchmarks.common.landmarks import PORION, RADII, annotator_rows, locator_encoder, per_landmark_table, summarize
+from benchmarks.common.results import RESULTS_DIR, atomic_write_text, run_metadata, write_markdown, write_results
+from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator
+from skuld.io import read_image
+from skuld.metrics import radial_errors
 
 
 # ---------------------------------------------------------------------------- NCC baseline
@@ -221,16 +131,13 @@ FINE_TUNED_ROW = "+ cross-image correspondence fine-tuning"
 #: One change each to the default locator (same fine-tuned encoder, same pseudo templates).
 VARIANTS = [
     ("  templates fused by averaging maps (fusion='maps')", dict(fusion="maps")),
-    ("  correlation alone in refinement (prior_weight=0)", dict(prior_weight=0.0)),
+    ("  correlation alone in refinement (coarse_weight=0)", dict(coarse_weight=0.0)),
     ("  refinement at 1x, 2x only", dict(refine_scales=(1, 2))),
     ("  affine shape model", dict(shape_model="affine")),
     ("  encoder maps and final embedding (features='multiscale')", dict(features="multiscale")),
     ("  final embedding only", dict(features="embedding")),
 ]
-#: Landmark 4, porion, is annotated at the top of the ear-rod ring, which the cephalostat holds
-#: still in the image while the skull moves (docs/landmarks.md): knowledge about the
-#: acquisition that a user passes as ``fixed_landmarks``.
-PORION = 3
+#: Porion declared fixed (``PORION``, landmark 4: the top of the ear-rod ring).
 FIXED_ROW = "skuld, porion declared fixed to the cephalostat (fixed_landmarks=[3])"
 NO_FINE_TUNING_ROW = "  no correspondence fine-tuning (pretrained encoder, its own pseudo templates)"
 
@@ -246,18 +153,19 @@ def main(argv=None):
     ap.add_argument("--also-encoder", action="append", default=[], metavar="LABEL=PATH",
                     help="also evaluate the pipeline (and the paper's recipe) with this saved encoder")
     ap.add_argument("--table-only", action="store_true", help="rewrite the Markdown table from the JSON at --out")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "landmarks"))
+    ap.add_argument("--out", default=str(RESULTS_DIR / "landmarks"))
     args = ap.parse_args(argv)
     if args.table_only:
         with open(Path(args.out).with_suffix(".json")) as f:
             results = json.load(f)
-        if DATA.is_dir():  # the annotator rows are recomputed: they need no model
+        if has_dataset("ceph_hamedan"):  # the annotator rows are recomputed: they need no model
             n_eval = results["n_eval"]
             annot = annotator_rows(load_truth("mollabashi"), load_truth("farhadifar"), list(range(1, 1 + n_eval)))
             results["rows"] = {**annot, **{k: v for k, v in results["rows"].items() if k not in annot}}
-            with open(Path(args.out).with_suffix(".json"), "w") as f:
-                json.dump(results, f, indent=1)
-        Path(args.out).with_suffix(".md").write_text(table(results))
+            # Rewritten as it was read, its metadata block included: it describes the run
+            # that measured the rows, not this rewrite.
+            atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps(results, indent=1))
+        write_markdown(args.out, table(results))
         return
     files = ceph_files()
 
@@ -276,7 +184,7 @@ def main(argv=None):
             cache[i] = read_image(files[i]).astype(np.float32) / 255.0
         return cache[i]
 
-    results = {"device": platform.processor() or platform.machine(), "n_eval": len(eval_idx), "rows": {}}
+    results = {"n_eval": len(eval_idx), "rows": {}}
     rows = results["rows"]
 
     log("annotator agreement")
@@ -355,17 +263,7 @@ def main(argv=None):
         paper = OneShotLandmarkLocator(encoder=path, **CUMULATIVE[0][1]).fit(*template)
         evaluate(f"{label}, paper's recipe", paper)  # one template, the encoder as pretrained
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    given = list(argv or sys.argv[1:])
-    if "--out" in given:  # where the results go is no part of how they were measured
-        del given[given.index("--out"):given.index("--out") + 2]
-    results["command"] = "python benchmarks/landmarks.py" + (" " + " ".join(given)).rstrip()
-    with open(out.with_suffix(".json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(out.with_suffix(".md"), "w") as f:
-        f.write(table(results))
-    log(table(results))
+    write_results(args.out, results, table(results), run_metadata(argv))
 
 
 PER_LANDMARK_ROWS = ("second annotator (farhadifar) vs truth", "NCC template matching (skimage, tuned, coarse to fine)",
@@ -382,14 +280,9 @@ def table(results) -> str:
         sec = f"{r['seconds_per_image']:.2f}" if "seconds_per_image" in r else "-"
         fit = f"{r['fit_seconds']:.0f}" if "fit_seconds" in r else "-"
         lines.append(f"| {name} | {r['mre']:.1f} | {r['median']:.1f} | {sdr} | {sec} | {fit} |")
-    per = [(name, results["rows"][name]) for name in PER_LANDMARK_ROWS if name in results["rows"]]
+    per = [(name, results["rows"][name]["per_landmark_mre"]) for name in PER_LANDMARK_ROWS if name in results["rows"]]
     if per:
-        n = len(per[0][1]["per_landmark_mre"])
-        lines += ["", "Per-landmark MRE (px):", "",
-                  "| landmark | " + " | ".join(name for name, _ in per) + " |",
-                  "|---|" + "---|" * len(per)]
-        for i in range(n):
-            lines.append(f"| {i + 1} | " + " | ".join(f"{r['per_landmark_mre'][i]:.0f}" for _, r in per) + " |")
+        lines += per_landmark_table(per)
     return "\n".join(lines) + "\n"
 
 

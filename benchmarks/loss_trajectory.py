@@ -4,7 +4,7 @@ Trains the same network from the same initialisation on the same stream of batch
 bundled chest X-rays, 448 px crops, batch 4) for N steps with each implementation and
 compares the loss curves. Run on a GPU:
 
-    python benchmarks/loss_trajectory.py --device cuda --steps 200
+    python -m benchmarks.loss_trajectory --device cuda --steps 200
 
 Writes ``benchmarks/results/loss_trajectory_<device>.json`` and ``.md``.
 """
@@ -12,26 +12,25 @@ Writes ``benchmarks/results/loss_trajectory_<device>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 def train(impl, steps, device, crop, batch, seed=0):
-    from naive_ld import naive_objective
+    from benchmarks.naive_ld import naive_objective
 
-    from skuld.data import PairCropDataset
+    from skuld.pretraining import PairCropDataset
     from skuld.datasets import load_cxr_tiny
     from skuld.io import ImageCollection
     from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
-    from skuld.training import Schedule, normalize, step_generators
+    from skuld.engine import step_generators
+    from skuld.preprocessing import normalize
+    from skuld.pretraining import Schedule
 
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -71,12 +70,12 @@ def train(impl, steps, device, crop, batch, seed=0):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--crop", type=int, default=448)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=str(RESULTS_DIR))
     args = ap.parse_args()
     curves, secs = {}, {}
     # "naive-seed1" (another initialisation and batch stream) measures run-to-run noise.
@@ -95,13 +94,11 @@ def main():
             "mean_abs_diff_vs_naive": float(np.abs(c - ref).mean()),
             "mean_abs_diff_vs_naive_ld_stage": float(np.abs(c[pd:] - ref[pd:]).mean()),
         })
-    dev_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    meta = {"device": dev_name, "torch": torch.__version__, "command": " ".join(sys.argv), "steps": args.steps,
-            "crop": args.crop, "batch": args.batch, "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = run_metadata(device=args.device)
+    dev_name = meta["cuda_device"] if args.device.startswith("cuda") else "cpu"
     tag = "cuda" if args.device.startswith("cuda") else "cpu"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"loss_trajectory_{tag}.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows, "curves": {k: v.tolist() for k, v in curves.items()}}, f)
+    result = {"steps": args.steps, "crop": args.crop, "batch": args.batch, "rows": rows,
+              "curves": {k: v.tolist() for k, v in curves.items()}}
     lines = [f"# Loss trajectories, {dev_name}, {args.steps} steps, {args.crop} px, batch {args.batch}", "",
              f"`{meta['command']}`", "",
              "| impl | seconds | mean loss, last 20 steps (std) | mean abs diff vs naive (all / LD stage) |",
@@ -109,10 +106,8 @@ def main():
     for r in rows:
         lines.append(f"| {r['impl']} | {r['seconds']:.1f} | {r['mean_loss_last_20']:.3f} ({r['std_loss_last_20']:.3f}) | "
                      f"{r['mean_abs_diff_vs_naive']:.3f} / {r['mean_abs_diff_vs_naive_ld_stage']:.3f} |")
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, f"loss_trajectory_{tag}.md"), "w") as f:
-        f.write(md)
-    print(md)
+    # One line: the curves hold every step's loss of every implementation.
+    write_results(os.path.join(args.out, f"loss_trajectory_{tag}"), result, lines, meta, indent=None)
 
 
 if __name__ == "__main__":

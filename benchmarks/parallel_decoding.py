@@ -5,15 +5,13 @@ them with ``skuld embed --store`` with ``--jobs 1`` and ``--jobs 2`` in alternat
 rounds each, fresh processes), and measures, in the same run, what one image costs to decode
 and to embed. Writes ``benchmarks/results/parallel_decoding.{json,md}``.
 
-    python benchmarks/parallel_decoding.py [--images 40 --size 1024]
+    python -m benchmarks.parallel_decoding [--images 40 --size 1024]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,14 +20,14 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=str(RESULTS_DIR))
     args = ap.parse_args()
 
     import imageio.v3 as iio
@@ -77,15 +75,12 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     mean = {j: float(np.mean([r["seconds"] for r in runs if r["jobs"] == j])) for j in (1, 2)}
-    result = {"images": args.images, "size": args.size, "format": "png", "cpu_threads": os.cpu_count(),
-              "machine": platform.machine(), "decode_s_per_image": decode_s, "embed_s_per_image": embed_s,
-              "decode_share": decode_s / (decode_s + embed_s), "runs": runs, "mean_seconds": mean,
-              "speedup_jobs2": mean[1] / mean[2], "date": time.strftime("%Y-%m-%d %H:%M")}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "parallel_decoding.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = [f"# Parallel decoding in skuld embed ({result['date']}, {os.cpu_count()} CPU threads)", "",
-          f"`benchmarks/parallel_decoding.py --images {args.images} --size {args.size}` "
+    result = {"images": args.images, "size": args.size, "format": "png", "decode_s_per_image": decode_s,
+              "embed_s_per_image": embed_s, "decode_share": decode_s / (decode_s + embed_s), "runs": runs,
+              "mean_seconds": mean, "speedup_jobs2": mean[1] / mean[2]}
+    meta = run_metadata()
+    md = [f"# Parallel decoding in skuld embed ({meta['date']}, {meta['cpu_count']} CPU threads)", "",
+          f"`python -m benchmarks.parallel_decoding --images {args.images} --size {args.size}` "
           f"({args.size} x {args.size} PNG, encoder at 256 px working resolution)", "",
           "| measure | value |", "|---|---|",
           f"| decode one image | {1000 * decode_s:.0f} ms |",
@@ -93,10 +88,8 @@ def main():
           f"| decoding's share of the work | {100 * result['decode_share']:.1f} % |",
           f"| `skuld embed --store`, --jobs 1 (mean of 2) | {mean[1]:.1f} s |",
           f"| `skuld embed --store`, --jobs 2 (mean of 2) | {mean[2]:.1f} s |",
-          f"| speed-up of --jobs 2 | {result['speedup_jobs2']:.2f}x |", ""]
-    with open(os.path.join(args.out, "parallel_decoding.md"), "w") as f:
-        f.write("\n".join(md))
-    print("\n".join(md))
+          f"| speed-up of --jobs 2 | {result['speedup_jobs2']:.2f}x |"]
+    write_results(os.path.join(args.out, "parallel_decoding"), result, md, meta)
 
 
 if __name__ == "__main__":

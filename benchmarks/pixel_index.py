@@ -7,7 +7,7 @@ the distance in pixels between its anatomical position and the query's. The same
 run through exact FAISS search (Flat), scikit-learn's NearestNeighbors and the default
 ("auto") PixelIndex, in one run.
 
-    python benchmarks/pixel_index.py [--images 16 --size 256 --queries 2000]
+    python -m benchmarks.pixel_index [--images 16 --size 256 --queries 2000]
 
 Writes ``benchmarks/results/pixel_index.json`` and ``.md``.
 """
@@ -15,15 +15,13 @@ Writes ``benchmarks/results/pixel_index.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 def smooth_field(size, dim, rng, n_freq=6, max_cycles=3.0):
@@ -106,17 +104,17 @@ def real_embeddings(args):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--nprobe", type=int, nargs="*", default=[4, 8, 16, 32])
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=str(RESULTS_DIR))
     ap.add_argument("--no-real", dest="real", action="store_false", help="skip the real-embedding part")
     args = ap.parse_args()
 
-    import faiss
+    import faiss  # noqa: F401  (imported, it puts its OpenMP threads into the metadata block)
     from sklearn.neighbors import NearestNeighbors
 
     from skuld import PixelIndex
@@ -173,15 +171,12 @@ def main():
         auto.save(os.path.join(tmp, "idx"))
         saved = sum(os.path.getsize(os.path.join(tmp, "idx", f)) for f in os.listdir(os.path.join(tmp, "idx")))
     real_rows = real_embeddings(args) if args.real else []
-    meta = {"n_vectors": n, "dim": args.dim, "queries": args.queries, "faiss_threads": faiss.omp_get_max_threads(),
-            "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_threads": os.cpu_count(),
-            "saved_bytes_per_vector_default": saved / n}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "pixel_index.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows, "real": real_rows}, f, indent=1)
+    meta = run_metadata()
+    result = {"n_vectors": n, "dim": args.dim, "queries": args.queries, "saved_bytes_per_vector_default": saved / n,
+              "rows": rows, "real": real_rows}
     lines = [f"# Pixel retrieval, {n:,} vectors of {args.dim} dims, {args.queries} queries, "
-             f"{os.cpu_count()} CPU threads ({meta['date']})", "", f"`{meta['command']}`", "",
-             f"Default index saved to disk: {meta['saved_bytes_per_vector_default']:.1f} bytes per vector "
+             f"{meta['cpu_count']} CPU threads ({meta['date']})", "", f"`{meta['command']}`", "",
+             f"Default index saved to disk: {result['saved_bytes_per_vector_default']:.1f} bytes per vector "
              f"(raw float32: {4 * args.dim}).", "",
              "| method | queries/s | speed vs exact | bytes/vector | recall@1 vs exact | anatomical error mean / median (px) | added error (px) |",
              "|---|---|---|---|---|---|---|"]
@@ -197,10 +192,7 @@ def main():
         for r in real_rows:
             lines.append(f"| {r['method']} | {r['qps']:.0f} | {r['speedup']:.1f}x | {r['bytes_per_vector']:.1f} | "
                          f"{r['recall_at_1']:.3f} | {r['same_image']:.3f} | {r['px_from_exact_mean']:.2f} / {r['px_from_exact_median']:.2f} |")
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "pixel_index.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_results(os.path.join(args.out, "pixel_index"), result, lines, meta)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The vectors are synthetic (20 "images" of 1024 x 1024 pixels, 32-d unit vectors)
 one image at a time so that they are never all in memory: the index is trained on a sample
 and filled block by block, as for a real collection embedded by an encoder.
 
-    python benchmarks/pixel_index_scale.py [--images 20 --size 1024]
+    python -m benchmarks.pixel_index_scale [--images 20 --size 1024]
 
 Writes ``benchmarks/results/pixel_index_scale.json`` and ``.md``.
 """
@@ -16,13 +16,12 @@ import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 class LazyImage:
@@ -43,12 +42,12 @@ def peak_rss_gib():
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=str(RESULTS_DIR))
     args = ap.parse_args()
 
     from skuld import PixelIndex
@@ -83,25 +82,20 @@ def main():
             "peak_rss_GiB_during_build": rss_build, "save_seconds": save_s, "disk_bytes": disk,
             "bytes_per_vector_on_disk": disk / n, "mmap_load_seconds": load_s, "queries": args.queries,
             "queries_per_second_mmap": args.queries / query_s, "self_hit_rate_at_1": self_hit,
-            "nprobe": mm.nprobe, "peak_rss_GiB": peak_rss_gib(), "command": " ".join(sys.argv),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_threads": os.cpu_count(),
+            "nprobe": mm.nprobe, "peak_rss_GiB": peak_rss_gib(),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=1))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "pixel_index_scale.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    md = (f"# PixelIndex scale test ({result['date']}, {os.cpu_count()} CPU threads)\n\n`{result['command']}`\n\n"
+    meta = run_metadata()
+    md = (f"# PixelIndex scale test ({meta['date']}, {meta['cpu_count']} CPU threads)\n\n`{meta['command']}`\n\n"
           "| vectors | index | build s | peak RSS GiB | bytes/vector on disk | save s | mmap load s | queries/s (mmap) | self-hit@1 |\n"
           "|---|---|---|---|---|---|---|---|---|\n"
           f"| {n:,} | {result['factory']} | {build:.0f} | {result['peak_rss_GiB']:.2f} | {result['bytes_per_vector_on_disk']:.1f} | "
           f"{save_s:.1f} | {load_s:.2f} | {result['queries_per_second_mmap']:.0f} | {self_hit:.3f} |\n\n"
           "Random (not smooth) vectors: the self-hit rate measures how often PQ16 codes keep a pixel its own nearest\n"
           "neighbour among 20M random 32-d vectors, a harsh case; smooth real embeddings have near-duplicate neighbours.\n")
-    with open(os.path.join(args.out, "pixel_index_scale.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_results(os.path.join(args.out, "pixel_index_scale"), result, md, meta)
 
 
 if __name__ == "__main__":

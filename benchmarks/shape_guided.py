@@ -22,46 +22,29 @@ first and the second observer. Results accumulate in ``benchmarks/results/shape_
 
 Usage::
 
-    python benchmarks/shape_guided.py --methods frangi sg-octa --seeds 0
-    python benchmarks/shape_guided.py --rescore   # modes added since: cached models scored again
-    python benchmarks/shape_guided.py --report
+    python -m benchmarks.shape_guided --methods frangi sg-octa --seeds 0
+    python -m benchmarks.shape_guided --rescore   # modes added since: cached models scored again
+    python -m benchmarks.shape_guided --report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import joblib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import data, shape_guided_segmenter
+from benchmarks.common.results import RESULTS_DIR, write_json, write_markdown
+from skuld import ShapeGuidedSegmenter
+from skuld.metrics import dice
+from skuld.segmentation.ridges import ridge_segmentation
 
-import transfer_data as data  # noqa: E402
-
-from skuld import ShapeGuidedSegmenter  # noqa: E402
-from skuld.metrics import dice  # noqa: E402
-from skuld.ridges import ridge_segmentation  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "shape_guided"
-PRIORS = data.DATA / "shape_priors"
+RESULTS = RESULTS_DIR / "shape_guided"
 METHODS = ("frangi", "ridge", "sg-octa", "sg-dsa", "sg-octa-unseen")
 BASELINES = ("frangi", "ridge")
-
-
-def second_observer() -> list[np.ndarray]:
-    out = []
-    for path in data.drive_files("test"):
-        number = path.name.split("_")[0]
-        manual = next((data.DATA / "drive" / "test" / "2nd_manual").glob(f"{number}_manual2.*"))
-        out.append(data._gray(data.read_image(manual)) > 127)
-    return out
 
 
 def baseline_segment(img: np.ndarray, fov: np.ndarray, kind: str) -> np.ndarray:
@@ -128,13 +111,13 @@ def rescore(test, obs1, obs2, fovs) -> None:
 
 
 def run_sg(method: str, seed: int, args, test, obs1, obs2, fovs) -> dict:
-    prior_dir = PRIORS / ("dsa_vessel" if "dsa" in method else "octa_vessel")
+    prior_dir = data.dataset_dir("shape_priors") / ("dsa_vessel" if "dsa" in method else "octa_vessel")
     train = [str(p) for p in data.drive_files("training")]
     if not method.endswith("unseen"):
         train += [str(p) for p in data.drive_files("test")]
     params = dict(max_iter=args.max_iter, refine_iter=args.refine_iter, random_state=seed, verbose=1)
     params.update(json.loads(args.params))
-    seg = ShapeGuidedSegmenter(**params)
+    seg = shape_guided_segmenter(**params)
     t0 = time.perf_counter()
     seg.fit(train, shape_priors=str(prior_dir))
     fit_seconds = time.perf_counter() - t0
@@ -154,19 +137,14 @@ def load_results() -> list[dict]:
 
 
 def save_results(records: list[dict]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
-               "records": records}
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(RESULTS.with_suffix(".json"))
+    write_json(RESULTS, {"records": records})
 
 
 def report() -> str:
     records = load_results()
     lines = ["# Shape-guided vessel segmentation on DRIVE (no fundus labels)", "",
              "Dice inside the field of view on the 20 DRIVE test images, against the first and the "
-             "second observer; produced by `python benchmarks/shape_guided.py --report` from "
+             "second observer; produced by `python -m benchmarks.shape_guided --report` from "
              "`shape_guided.json`. Fit times on 2 CPU cores.", "",
              "| method | mode | seed | Dice obs. 1 | Dice obs. 2 | fit (min) | predict (s/image) |",
              "|---|---|---|---|---|---|---|"]
@@ -191,7 +169,7 @@ def report() -> str:
     if notes:
         lines += ["", "Notes:", ""] + notes
     text = "\n".join(lines) + "\n"
-    RESULTS.with_suffix(".md").write_text(text)
+    write_markdown(RESULTS, text)
     return text
 
 
@@ -210,10 +188,8 @@ def main() -> None:
     if args.report:
         print(report())
         return
-    if not data.DATA.exists():
-        sys.exit(f"no shared data at {data.DATA}")
-    test, obs1, fovs = data.load_drive("test")
-    obs2 = second_observer()
+    test, obs1, fovs = data.load_drive("test")  # exits with a message when DRIVE is absent
+    obs2 = data.drive_second_observer()
     if args.rescore:
         rescore(test, obs1, obs2, fovs)
         print(report())

@@ -3,12 +3,12 @@
 :class:`skuld.ShapeGuidedSegmenter` is fitted on the 98 ``cxr_covid`` radiographs that have both
 lung masks, without their labels, guided only by the 4 lung masks of ``cxr_tiny`` (another
 X-ray collection: JSRT / Montgomery). Thick priors of images in one orientation take the atlas
-route (``pseudo_labels="auto"`` -> "atlas", :mod:`skuld.atlas`). Lung Dice (both lungs as one
+route (``pseudo_labels="auto"`` -> "atlas", :mod:`skuld.segmentation.atlas`). Lung Dice (both lungs as one
 structure) on the 40 images of the transfer benchmark's patient-disjoint test split
-(``benchmarks/transfer_data.py``), for:
+(:mod:`benchmarks.common.data`), for:
 
 * ``atlas``: the mean prior mask stretched to each image's frame, > 0.5 (place alone);
-* ``atlas-em``: :func:`skuld.atlas.atlas_probability` > 0.5 (place + the image's intensities,
+* ``atlas-em``: :func:`skuld.segmentation.atlas.atlas_probability` > 0.5 (place + the image's intensities,
   the pseudo-labels before the network; no training);
 * ``sg``: the fitted segmenter in each inference mode (``refined``, the refinement network
   from one view, is its default answer here: ``test_time_augmentation="auto"`` with
@@ -22,36 +22,27 @@ encoder, ``ld-schedule``, and from random initialisation).
 
 Usage::
 
-    python benchmarks/shape_guided_lungs.py --seeds 0
-    python benchmarks/shape_guided_lungs.py --report
+    python -m benchmarks.shape_guided_lungs --seeds 0
+    python -m benchmarks.shape_guided_lungs --report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import joblib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import data, shape_guided_segmenter
+from benchmarks.common.results import RESULTS_DIR, write_json, write_markdown
+from skuld import ShapeGuidedSegmenter
+from skuld.segmentation.atlas import atlas_probability, shape_atlas
+from skuld.datasets import load_cxr_tiny
+from skuld.metrics import dice
 
-import transfer_data as data  # noqa: E402
-
-from skuld import ShapeGuidedSegmenter  # noqa: E402
-from skuld.atlas import atlas_probability, shape_atlas  # noqa: E402
-from skuld.datasets import load_cxr_tiny  # noqa: E402
-from skuld.io import atomic_write  # noqa: E402
-from skuld.metrics import dice  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "shape_guided_lungs"
+RESULTS = RESULTS_DIR / "shape_guided_lungs"
 #: Chest X-ray settings: working resolution 256 (lungs are large), whole-frame crops of 160 px,
 #: one orientation. The LD network only initialises the refinement on the atlas route, so it
 #: gets a short run.
@@ -80,7 +71,7 @@ def classical(test, lungs) -> list[dict]:
 
 
 def run_sg(seed: int, train, test, lungs) -> list[dict]:
-    seg = ShapeGuidedSegmenter(**PARAMS, random_state=seed, verbose=1)
+    seg = shape_guided_segmenter(**PARAMS, random_state=seed, verbose=1)
     t0 = time.perf_counter()
     seg.fit(train, shape_priors=list(load_cxr_tiny().masks))
     fit_seconds = time.perf_counter() - t0
@@ -111,13 +102,11 @@ def load_results() -> list[dict]:
 
 
 def save_results(records: list[dict]) -> None:
-    meta = {"python": platform.python_version(), "cpus": os.cpu_count(), "threads": os.environ.get("OMP_NUM_THREADS")}
-    text = json.dumps({"meta": meta, "records": records}, indent=1)
-    atomic_write(RESULTS.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    write_json(RESULTS, {"records": records})
 
 
 def supervised_reference() -> list[str]:
-    path = ROOT / "benchmarks" / "results" / "transfer.json"
+    path = RESULTS_DIR / "transfer.json"
     if not path.exists():
         return []
     rows = []
@@ -134,7 +123,7 @@ def supervised_reference() -> list[str]:
 def report() -> str:
     records = load_results()
     lines = ["# Shape-guided lung segmentation on chest X-rays (no labels of this X-ray set)", "",
-             "Written by `python benchmarks/shape_guided_lungs.py --report` from `shape_guided_lungs.json`. "
+             "Written by `python -m benchmarks.shape_guided_lungs --report` from `shape_guided_lungs.json`. "
              "Lung Dice (both lungs) on the 40 test radiographs of the patient-disjoint split; the segmenter "
              "is fitted on all 98 radiographs without their labels, guided by the 4 lung masks of `cxr_tiny` "
              "(another collection). Times on 2 CPU cores.", "",
@@ -155,11 +144,14 @@ def report() -> str:
         lines += ["", "For scale, supervised on this set (`transfer.json`, same test images, 500 steps, over seeds):",
                   "", "| model | lung Dice |", "|---|---|"] + ref
     path = RESULTS.with_suffix(".json")
-    if path.exists() and json.loads(path.read_text())["meta"].get("threads") == "1":
+    meta = json.loads(path.read_text())["meta"] if path.exists() else {}
+    # OMP_NUM_THREADS as the run saw it: "omp_num_threads" in the metadata block, "threads" in
+    # files written before it (the committed one).
+    if meta.get("omp_num_threads", meta.get("threads")) == "1":
         lines[2] += (" These runs used OMP_NUM_THREADS=1 beside other benchmark jobs on the 2 cores: fit times are "
                      "those of one shared core, longer than alone.")
     text = "\n".join(lines) + "\n"
-    RESULTS.with_suffix(".md").write_text(text)
+    write_markdown(RESULTS, text)
     return text
 
 
@@ -171,9 +163,7 @@ def main() -> None:
     if args.report:
         print(report())
         return
-    if not data.DATA.is_dir():
-        sys.exit(f"{data.DATA} not found: this benchmark needs ../shared/data")
-    split = data.cxr_split()
+    split = data.cxr_split()  # exits with a message when cxr_covid is absent
     test, labels = data.load_cxr(split["test"])
     lungs = [lab == 1 for lab in labels]
     # Gray arrays: the collection mixes gray, RGB and RGBA files.

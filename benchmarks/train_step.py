@@ -4,8 +4,8 @@ Each (implementation, crop size, batch) runs in its own fresh process so that pe
 its own. Both implementations train the same network on the same batch (same views, same
 loss value); timings are compared as ratios within one run.
 
-    python benchmarks/train_step.py                       # CPU: 128 px batch 2, 448 px batch 4
-    python benchmarks/train_step.py --device cuda --compile
+    python -m benchmarks.train_step                       # CPU: 128 px batch 2, 448 px batch 4
+    python -m benchmarks.train_step --device cuda --compile
 
 Writes ``benchmarks/results/train_step_<device>.json`` and ``.md``.
 """
@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 def one_run(impl: str, crop: int, batch: int, steps: int, device: str, compile_: bool, channels: int,
@@ -30,7 +28,7 @@ def one_run(impl: str, crop: int, batch: int, steps: int, device: str, compile_:
     import torch
 
     from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
-    from skuld.training import normalize
+    from skuld.preprocessing import normalize
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -53,7 +51,7 @@ def one_run(impl: str, crop: int, batch: int, steps: int, device: str, compile_:
     pairs = torch.rand(batch, 2, channels, crop, crop, device=dev)
     amp = torch.bfloat16 if impl == "skuld-bf16" else None
     if naive:
-        from naive_ld import naive_objective as objective
+        from benchmarks.naive_ld import naive_objective as objective
     else:
         objective = ld_objective
 
@@ -113,7 +111,7 @@ def main():
     ap.add_argument("--impls", default=None, help="comma list among naive, skuld-fp32, skuld-bf16")
     ap.add_argument("--skip-naive-above", type=int, default=None,
                     help="do not run the naive baseline above this crop size (CPU default 256: it needs ~32 GiB at 448)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", default=str(RESULTS_DIR))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -141,8 +139,9 @@ def main():
             if naive_impl(impl) and crop > skip_above:
                 rows.append({"impl": impl, "crop": crop, "batch": batch, "skipped": f"naive baseline not run above {skip_above} px on this device"})
                 continue
-            cmd = [sys.executable, __file__, "--device", args.device, "--channels", str(args.channels),
-                   "--worker", f"{impl}:{crop}:{batch}:{steps}"] + (["--compile"] if args.compile else []) + (["--memory-saving"] if args.memory_saving else [])
+            cmd = ([sys.executable, "-m", "benchmarks.train_step", "--device", args.device,
+                    "--channels", str(args.channels), "--worker", f"{impl}:{crop}:{batch}:{steps}"]
+                   + (["--compile"] if args.compile else []) + (["--memory-saving"] if args.memory_saving else []))
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 rows.append({"impl": impl, "crop": crop, "batch": batch, "error": proc.stderr.strip().splitlines()[-1:]})
@@ -167,18 +166,12 @@ def main():
         table.append(f"| {r['crop']} | {r['batch']} | {r['impl']}{' +compile' if r.get('compile') else ''}"
                      f"{' +memory_saving' if r.get('memory_saving') else ''} | "
                      f"{r['s_per_step']:.3f} | {r['images_per_s']:.1f} | {r['peak_GiB']:.2f} | {ratio} | {mem} | {tuned_ratio} |")
-    device_name = torch.cuda.get_device_name(0) if cuda else f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
-    meta = {"device": device_name, "torch": torch.__version__, "command": " ".join(sys.argv),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
-    os.makedirs(args.out, exist_ok=True)
+    meta = run_metadata(device=args.device)
+    device_name = meta["cuda_device"] if cuda else f"{meta['cpu']}, {meta['cpu_count']} CPU threads"
     tag = "cuda" if cuda else "cpu"
     tag += "_memory_saving" if args.memory_saving else ""
-    with open(os.path.join(args.out, f"train_step_{tag}.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    md = f"# Training step, {meta['device']} (torch {meta['torch']}, {meta['date']})\n\n`{meta['command']}`\n\n" + "\n".join(table) + "\n"
-    with open(os.path.join(args.out, f"train_step_{tag}.md"), "w") as f:
-        f.write(md)
-    print(md)
+    md = [f"# Training step, {device_name} (torch {meta['torch']}, {meta['date']})", "", f"`{meta['command']}`", ""]
+    write_results(os.path.join(args.out, f"train_step_{tag}"), {"rows": rows}, md + table, meta)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Does Local Discrimination pretraining help downstream segmentation with few labels?
 
 Label-efficiency on real data, every method in the same run and on the same splits
-(``benchmarks/transfer_data.py``):
+(:mod:`benchmarks.common.data`; the encoders are pretrained by ``benchmarks.transfer_data``):
 
 * DRIVE vessels: labelled subsets of the 20 training images, Dice inside the field of view
   on the 20 test images (first observer);
@@ -24,36 +24,29 @@ rerun), and ``--report`` writes ``transfer.md`` and ``transfer.png`` (also into 
 
 Usage::
 
-    python benchmarks/transfer_data.py pretrain drive-ld drive-pd             # once, cached
-    python benchmarks/transfer_data.py pretrain cxr-ld cxr-pd --max-iter 1000
-    python benchmarks/transfer.py --dataset drive --methods random ld-schedule --labels 2 --seeds 0 1 2
-    python benchmarks/transfer.py --dataset drive --methods random ld-schedule --labels 1 2 \
+    python -m benchmarks.transfer_data pretrain drive-ld drive-pd             # once, cached
+    python -m benchmarks.transfer_data pretrain cxr-ld cxr-pd --max-iter 1000
+    python -m benchmarks.transfer --dataset drive --methods random ld-schedule --labels 2 --seeds 0 1 2
+    python -m benchmarks.transfer --dataset drive --methods random ld-schedule --labels 1 2 \
         --test-time-augmentation flips                     # predictions averaged over the 4 flips
-    python benchmarks/transfer.py --report
+    python -m benchmarks.transfer --report
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import ROOT, data
+from benchmarks.common.results import RESULTS_DIR, write_json, write_markdown
+from skuld import PixelClassifier, TransferSegmenter
+from skuld.metrics import dice
 
-import transfer_data as data  # noqa: E402
-
-from skuld import PixelClassifier, TransferSegmenter  # noqa: E402
-from skuld.metrics import dice  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "transfer"
+RESULTS = RESULTS_DIR / "transfer"
 METHODS = ("random", "ld-schedule", "ld-frozen", "ld-none", "pd-schedule", "ld-probe", "rf")
 LABELS = {"drive": (1, 2, 5, 20), "cxr": (1, 2, 5, 19)}
 #: Seconds per LD step at 160 px, batch 4 on the 2-core CI machine, measured alone (README).
@@ -100,7 +93,7 @@ def segmenter_params(dataset: str, method: str, max_iter: int, seed: int, encode
     kind = "ld" if method.startswith("ld") else "pd"
     path = data.encoder_path(encoder or f"{dataset}-{kind}")
     if not path.exists():
-        raise SystemExit(f"{path} missing: run python benchmarks/transfer_data.py pretrain {dataset}-{kind}"
+        raise SystemExit(f"{path} missing: run python -m benchmarks.transfer_data pretrain {dataset}-{kind}"
                          + (f" --out {encoder}" if encoder else ""))
     freeze = {"frozen": "encoder", "none": "none"}.get(method.split("-")[1], "schedule")
     return {**common, "encoder": str(path), "freeze": freeze}
@@ -211,11 +204,7 @@ def load_results() -> list[dict]:
 
 
 def save_results(records: list[dict]) -> None:
-    from skuld.io import atomic_write
-
-    meta = {"machine": platform.processor() or platform.machine(), "threads": os.environ.get("OMP_NUM_THREADS")}
-    text = json.dumps({"meta": meta, "records": records}, indent=1)
-    atomic_write(RESULTS.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+    write_json(RESULTS, {"records": records})
 
 
 def pretraining_info() -> dict:
@@ -288,7 +277,7 @@ def _paired_rows(recs: list[dict], methods: list[str], ns: list[int], structure:
 def report(records: list[dict]) -> str:
     """Markdown tables: mean +- std over seeds of the mean Dice, per dataset, method, labels."""
     lines = ["# Transfer: does pretraining help segmentation with few labels?", "",
-             "Written by `python benchmarks/transfer.py --report` from `transfer.json`; every number is "
+             "Written by `python -m benchmarks.transfer --report` from `transfer.json`; every number is "
              "the test-set Dice (mean over test images), mean +- sample standard deviation over seeds (ddof=1; "
              "n = seeds).", ""]
     pre = pretraining_info()
@@ -393,7 +382,8 @@ def main(argv=None):
     ap.add_argument("--test-time-augmentation", choices=["flips", "dihedral"], default=None,
                     help="the U-Nets predict averaged over these views (rows of their own: 'random +flips')")
     ap.add_argument("--encoder", default=None,
-                    help="cache name of the pretrained encoder for the U-Nets (transfer_data.py pretrain --out); "
+                    help="cache name of the pretrained encoder for the U-Nets (benchmarks.transfer_data pretrain "
+                         "--out); "
                          "rows of their own")
     ap.add_argument("--score-pool", action="store_true",
                     help="also score the pool images not labelled in each run (dice_pool; reruns records without it)")
@@ -401,16 +391,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.report:
         records = load_results()
-        RESULTS.with_suffix(".md").write_text(report(records))
+        write_markdown(RESULTS, report(records))
         plot(records, RESULTS.with_suffix(".png"))
         plot(records, ROOT / "docs" / "img" / "transfer.png")  # the docs show the measured curves
         print(RESULTS.with_suffix(".md").read_text())
         return
     if args.dataset is None:
         ap.error("--dataset is required unless --report")
-    if not data.DATA.is_dir():
-        sys.exit(f"{data.DATA} not found: this benchmark needs ../shared/data")
-    cache = load(args.dataset)
+    cache = load(args.dataset)  # exits with a message when the data set is absent
     for n in args.labels or LABELS[args.dataset]:
         for method in args.methods:
             for seed in args.seeds:

@@ -1,38 +1,25 @@
-"""Data splits and pretraining for the transfer benchmark (``benchmarks/transfer.py``).
+"""Pretraining for the transfer benchmark (``benchmarks.transfer``).
 
 Kept apart from the benchmark so that the pretraining stage (the long part) can run on its
-own, ahead of time, and be cached: ``python benchmarks/transfer_data.py pretrain drive-ld``.
+own, ahead of time, and be cached::
 
-Splits (fixed, no randomness):
+    python -m benchmarks.transfer_data pretrain drive-ld
+    python -m benchmarks.transfer_data split          # sizes of the chest X-ray parts
 
-* DRIVE: the 20 training images are the labelled pool (subsets of 1, 2, 5, 20 in file
-  order), the 20 test images are the test set (Dice inside the field of view, against the
-  first observer). Pretraining sees all 40 images without their labels, as the issue asks.
-* cxr_covid: images grouped by patient (``metadata.csv``); patients sorted by id and dealt
-  round-robin into test (2 of every 5), labelled pool (1 of 5) and pretraining (2 of 5), so
-  no patient appears in two parts. Only images with both lung masks take part. Pretraining
-  sees the pretraining part only: masks of those images are never used.
+The data splits (DRIVE training and test images; the patient-disjoint chest X-ray parts) are
+those of :mod:`benchmarks.common.data`; pretraining sees all 40 DRIVE images without their
+labels, and of the chest X-rays the pretraining part only.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from skuld import LocalDiscriminativeEncoder  # noqa: E402
-from skuld.io import read_image  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
-CACHE = ROOT / "benchmarks" / "cache"
+from benchmarks.common.data import CACHE, cxr_split, dataset_dir, drive_files, encoder_path
+from skuld import LocalDiscriminativeEncoder
 
 #: Pretraining steps. The issue's budget is 30 CPU minutes on 2 cores, where a step at 160 px,
 #: batch 4 takes about 1.3 s alone (README): 1500 steps are about 32 minutes, slightly over it
@@ -53,80 +40,11 @@ PRETRAIN = {
 }
 
 
-def _gray(img: np.ndarray) -> np.ndarray:
-    img = np.asarray(img)
-    if img.dtype == bool:
-        img = img.astype(np.uint8) * 255
-    if img.ndim == 3:
-        img = img[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return img.astype(np.uint8) if img.dtype != np.uint8 else img
-
-
-# ---------------------------------------------------------------------------- DRIVE
-def drive_files(part: str) -> list[Path]:
-    return sorted((DATA / "drive" / part / "images").glob("*.tif"))
-
-
-def load_drive(part: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Images (H, W, 3) uint8, vessel masks (H, W) bool (first observer), FOV masks (H, W) bool."""
-    images, vessels, fovs = [], [], []
-    for path in drive_files(part):
-        number = path.name.split("_")[0]
-        images.append(read_image(path))
-        manual = next((DATA / "drive" / part / "1st_manual").glob(f"{number}_manual1.*"))
-        vessels.append(_gray(read_image(manual)) > 127)
-        fov = next((DATA / "drive" / part / "mask").glob(f"{number}_*mask.*"))
-        fovs.append(_gray(read_image(fov)) > 127)
-    return images, vessels, fovs
-
-
-# ---------------------------------------------------------------------------- chest X-rays
-def cxr_split() -> dict[str, list[str]]:
-    """File names of the test, labelled-pool and pretraining parts (patient-disjoint)."""
-    root = DATA / "cxr_covid"
-    present = {p.name for p in (root / "images").iterdir()}
-    masks = {p.name for p in (root / "fullsize_masks").iterdir()}
-    by_patient: dict[str, list[str]] = {}
-    with open(root / "metadata.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            name = row["filename"]
-            stem = Path(name).stem
-            if name in present and {f"{stem}__left_lung.png", f"{stem}__right_lung.png"} <= masks:
-                by_patient.setdefault(row["patientid"], []).append(name)
-    parts = {"test": [], "pool": [], "pretrain": []}
-    deal = ("test", "pretrain", "pool", "test", "pretrain")
-    for i, patient in enumerate(sorted(by_patient, key=lambda p: (len(p), p))):
-        parts[deal[i % len(deal)]].extend(sorted(set(by_patient[patient])))
-    return parts
-
-
-def load_cxr(names: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Gray images (H, W) uint8 and label maps (H, W) uint8: 0 background, 1 lungs, 2 heart
-    (the cardiomediastinum mask where it does not overlap a lung)."""
-    root = DATA / "cxr_covid"
-    images, labels = [], []
-    for name in names:
-        stem = Path(name).stem
-        img = _gray(read_image(root / "images" / name))
-        lab = np.zeros(img.shape, np.uint8)
-        heart = root / "fullsize_masks" / f"{stem}__cardiomediastinum.png"
-        if heart.exists():
-            lab[_gray(read_image(heart)) > 127] = 2
-        for side in ("left_lung", "right_lung"):
-            lab[_gray(read_image(root / "fullsize_masks" / f"{stem}__{side}.png")) > 127] = 1
-        images.append(img)
-        labels.append(lab)
-    return images, labels
-
-
 def pretraining_images(name: str) -> list[str]:
+    """The images pretraining run ``name`` fits on: all of DRIVE, or the X-rays' pretraining part."""
     if name.startswith("drive"):
         return [str(p) for p in drive_files("training") + drive_files("test")]
-    return [str(DATA / "cxr_covid" / "images" / n) for n in cxr_split()["pretrain"]]
-
-
-def encoder_path(name: str) -> Path:
-    return CACHE / f"encoder-{name}.joblib"
+    return [str(dataset_dir("cxr_covid") / "images" / n) for n in cxr_split()["pretrain"]]
 
 
 def pretrain(name: str, max_iter: int = PRETRAIN_STEPS, seed: int = 0, out: str | None = None) -> Path:
@@ -153,7 +71,7 @@ def pretrain(name: str, max_iter: int = PRETRAIN_STEPS, seed: int = 0, out: str 
     return path
 
 
-if __name__ == "__main__":
+def main() -> None:
     ap = argparse.ArgumentParser(description="pretrain the transfer benchmark's encoders")
     ap.add_argument("stage", choices=["pretrain", "split"])
     ap.add_argument("names", nargs="*", default=list(PRETRAIN))
@@ -167,3 +85,7 @@ if __name__ == "__main__":
     else:
         for n in args.names:
             pretrain(n, args.max_iter, out=args.out)
+
+
+if __name__ == "__main__":
+    main()

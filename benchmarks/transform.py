@@ -4,7 +4,7 @@
 * a 2000 x 2000 image at native resolution (image_size=None, tiled) and at the default
   working resolution: seconds and the process's peak memory, each in a fresh process.
 
-    python benchmarks/transform.py [--device cuda]
+    python -m benchmarks.transform [--device cuda]
 
 Writes ``benchmarks/results/transform_<device>.json`` and ``.md``.
 """
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 
 def worker(size: int, channels: int, image_size, device: str, repeats: int) -> dict:
@@ -43,16 +43,16 @@ def worker(size: int, channels: int, image_size, device: str, repeats: int) -> d
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return {"size": size, "channels": channels, "image_size": image_size, "device": device,
-            "precision": str(__import__("skuld.training", fromlist=["x"]).resolve_precision(enc.precision, enc.device_)), "seconds": min(times), "median_seconds": sorted(times)[len(times) // 2],
+            "precision": str(__import__("skuld.engine", fromlist=["x"]).resolve_precision(enc.precision, enc.device_)), "seconds": min(times), "median_seconds": sorted(times)[len(times) // 2],
             "output_GiB": E.nbytes / 2**30, "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "rss_before_transform_GiB": base_rss}
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--worker", default=None)
+    ap.add_argument("--out", default=str(RESULTS_DIR))
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         size, ch, isz, rep = args.worker.split(":")
@@ -61,16 +61,14 @@ def main():
     cases = [(512, 1, "512", 5), (512, 3, "512", 5), (2000, 1, "none", 2), (2000, 1, "256", 2)]
     rows = []
     for size, ch, isz, rep in cases:
-        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--worker", f"{size}:{ch}:{isz}:{rep}"],
-                             capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.transform", "--device", args.device,
+                              "--worker", f"{size}:{ch}:{isz}:{rep}"], capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0
                     else {"size": size, "error": out.stderr.strip().splitlines()[-1:]})
         print(rows[-1], flush=True)
-    import torch
-
-    meta = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {os.cpu_count()} threads",
-            "torch": torch.__version__, "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M")}
-    lines = [f"# transform, {meta['device']} (torch {meta['torch']}, {meta['date']})", "", f"`{meta['command']}`", "",
+    meta = run_metadata(device=args.device)
+    device_name = meta["cuda_device"] if args.device == "cuda" else f"CPU, {meta['cpu_count']} threads"
+    lines = [f"# transform, {device_name} (torch {meta['torch']}, {meta['date']})", "", f"`{meta['command']}`", "",
              "| image | channels | image_size | precision | s / image | output GiB | peak RSS GiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -78,14 +76,8 @@ def main():
             continue
         lines.append(f"| {r['size']} x {r['size']} | {r['channels']} | {r['image_size']} | {r['precision']} | "
                      f"{r['seconds']:.3f} | {r['output_GiB']:.2f} | {r['peak_rss_GiB']:.2f} |")
-    md = "\n".join(lines) + "\n"
-    os.makedirs(args.out, exist_ok=True)
     tag = "cuda" if args.device == "cuda" else "cpu"
-    with open(os.path.join(args.out, f"transform_{tag}.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, f"transform_{tag}.md"), "w") as f:
-        f.write(md)
-    print(md)
+    write_results(os.path.join(args.out, f"transform_{tag}"), {"rows": rows}, lines, meta)
 
 
 if __name__ == "__main__":

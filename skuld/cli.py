@@ -26,7 +26,7 @@ def _cmd_demo(args) -> int:
 def _cmd_fit(args) -> int:
     import joblib
 
-    from .encoder import LocalDiscriminativeEncoder
+    from .estimators import LocalDiscriminativeEncoder
     from .io import atomic_write
 
     params = dict(max_iter=args.max_iter, crop_size=args.crop_size, batch_size=args.batch_size,
@@ -52,7 +52,7 @@ def _cmd_embed(args) -> int:
     import joblib
     import numpy as np
 
-    from .encoder import embed_each
+    from .retrieval import embed_each
     from .io import ImageCollection, atomic_write, expand_paths
 
     enc = joblib.load(args.model)
@@ -80,8 +80,8 @@ def _cmd_embed(args) -> int:
 def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
     """Every image's embeddings in one EmbeddingStore folder (any sizes); resumes an
     interrupted run over the same images."""
-    from .encoder import embed_each
-    from .store import EmbeddingStore
+    from .retrieval import embed_each
+    from .retrieval import EmbeddingStore
 
     paths = images.paths
     shapes = [images.shape(i) for i in range(len(images))]
@@ -97,7 +97,7 @@ def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
         store.write(i, E)
         print(f"[{i + 1}/{len(paths)}] embedded into {folder}", flush=True)
     print(f"wrote {os.path.abspath(folder)}: {len(paths)} images, {store.n_pixels:,} pixels x {store.dim} "
-          f"{store.dtype} (read it with skuld.store.EmbeddingStore)")
+          f"{store.dtype} (read it with skuld.retrieval.EmbeddingStore)")
     return 0
 
 
@@ -118,7 +118,7 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
     one image at a time; a progress file lets a rerun resume, the final name appears last."""
     import numpy as np
 
-    from .encoder import embed_each
+    from .retrieval import embed_each
     from .io import atomic_write
 
     paths = images.paths
@@ -153,7 +153,7 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
 def _cmd_index(args) -> int:
     import joblib
 
-    from .index import PixelIndex
+    from .estimators import PixelIndex
     from .io import expand_paths
 
     enc = joblib.load(args.model)
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--stack", help="instead: one (n, H, W, D) .npy for images of one size, written through a "
                                        "memory map (bounded memory, resumable)")
     embed.add_argument("--store", help="instead: a folder holding images of any sizes as one memory-mapped array "
-                                       "(skuld.store.EmbeddingStore; bounded memory, resumable)")
+                                       "(skuld.retrieval.EmbeddingStore; bounded memory, resumable)")
     embed.add_argument("--jobs", type=int, default=None,
                        help="processes decoding the next images while one is embedded (default: none; -1: all cores)")
     embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")

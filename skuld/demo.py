@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .datasets import load_cxr_tiny
-from .encoder import LocalDiscriminativeEncoder
+from .estimators import LocalDiscriminativeEncoder
 from .io import atomic_write
 from .render import cluster_overlay, heatmap_overlay, mark, side_by_side
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from skuld.matching import apply_transform
+
 
 def blobs(n=4, size=64, channels=None, seed=0):
     """Smooth synthetic images with a few bright blobs: cheap stand-ins for anatomy."""
@@ -132,3 +134,43 @@ def lung_shapes(n=6, size=(120, 100), seed=100):
             mask |= np.abs((yy - cy) / ry) ** 4 + np.abs((xx - cx) / rx) ** 4 <= 1
         out.append(mask)
     return out
+
+
+#: Landmarks of the phantom (x, y) in its own frame: centres of some of its blobs.
+N_BLOBS = 40
+
+
+def _blob_field(seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform([8, 8], [152, 120], (N_BLOBS, 2))
+    sizes = rng.uniform(2.0, 7.0, N_BLOBS)
+    amps = rng.uniform(-1, 1, N_BLOBS)
+    return centres, sizes, amps
+
+
+def phantom(transform=None, shape=(128, 160), seed=0, noise=0.02, channels=None):
+    """A smooth random image and its landmarks seen through ``transform`` (A, t) (x, y)."""
+    centres, sizes, amps = _blob_field(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    pix = np.stack([xx.ravel(), yy.ravel()], 1)
+    if transform is not None:
+        a, t = transform
+        pix = (pix - t) @ np.linalg.inv(a).T  # back to the phantom's own frame
+    img = np.zeros(len(pix))
+    for c, s, a_ in zip(centres, sizes, amps):
+        img += a_ * np.exp(-((pix - c) ** 2).sum(1) / (2 * s * s))
+    img = img.reshape(h, w)
+    img = (img - img.min()) / (img.max() - img.min())
+    img = (img * 0.9 + noise * np.random.default_rng(seed + 1).standard_normal((h, w))).clip(0, 1).astype(np.float32)
+    marks = centres[np.argsort(-sizes)[:6]]
+    if transform is not None:
+        marks = apply_transform(marks, transform)
+    if channels == 3:
+        img = np.stack([img, img**1.3, 1 - img], -1)
+    return img, marks
+
+
+def rotation(deg, scale=1.0, shift=(0, 0)):
+    r = np.deg2rad(deg)
+    return scale * np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]]), np.asarray(shift, float)

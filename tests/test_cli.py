@@ -137,7 +137,7 @@ def mixed_size_dir(tmp_path):
 
 def test_embed_store_holds_images_of_any_size_and_resumes(mixed_size_dir, tmp_path, monkeypatch):
     from skuld import PixelIndex
-    from skuld.store import EmbeddingStore
+    from skuld.retrieval import EmbeddingStore
 
     model = tmp_path / "model.joblib"
     main(["fit", str(mixed_size_dir), "--out", str(model), "--max-iter", "1", "--crop-size", "32",

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from skuld.distributed import convert_batch_norm, gather_with_grad
 from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, Views, ld_objective, make_views
-from skuld.training import normalize
+from skuld.preprocessing import normalize
 
 B = 2  # items in the global batch: one per process
 CFG = ObjectiveConfig(patch_grid=4, area_weight=1.0)
@@ -114,7 +114,7 @@ def _fit_and_compare(r, world, ckpt_dir, out_file):
 
 
 def test_estimator_fits_in_two_processes_with_one_checkpoint(tmp_path):
-    from skuld.training import CHECKPOINT_NAME
+    from skuld.estimators.encoder import CHECKPOINT_NAME
 
     mp.spawn(_fit_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ckpt"), str(tmp_path / "out.pt")),
              nprocs=2, join=True)

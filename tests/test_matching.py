@@ -25,7 +25,7 @@ def test_rescale_points_round_trips(points, h2, w2):
 
 def test_rescale_points_matches_resizing_an_image():
     """A bright pixel at (x, y) lands where rescale_points says after a bilinear resize."""
-    from skuld.data import resize
+    from skuld.preprocessing import resize
 
     img = torch.zeros(1, 60, 90)
     img[0, 20, 30] = 1.0

@@ -72,8 +72,8 @@ def test_one_shot_landmarks_on_cephalograms(shared_data):
     root = shared_data / "ceph_hamedan"
     files = expand_paths(root / "images")
     truth = _ceph_truth(root)
-    loc = OneShotLandmarkLocator(encoder_params={"max_iter": 80, "batch_size": 2}, correspondence_steps=30,
-                                 n_pseudo_templates=2, random_state=0)
+    loc = OneShotLandmarkLocator(OneShotLandmarkLocator.default_encoder(max_iter=80, batch_size=2),
+                                 correspondence_steps=30, n_pseudo_templates=2, random_state=0)
     loc.fit(files[0], truth[0], X_unlabeled=files[1:21])
     pred, conf = loc.predict_confidence(files[1:11])
     assert pred.shape == (10, 19, 2) and conf.shape == (10, 19)

@@ -370,7 +370,6 @@ class LDNet(nn.Module):
         t = self.trunk(x)
         return self.embed(t), self.cluster(t)
 
-    @contextlib.contextmanager
     def compiled(self, enabled: bool = True):
         """Within the block, the encoder, decoder and heads run through ``torch.compile``.
 
@@ -378,16 +377,47 @@ class LDNet(nn.Module):
         :meth:`embed` and :meth:`cluster`, which a compiled ``forward`` would not cover.
         Leaving the block restores plain modules, which pickle and copy as usual.
         """
-        parts = (self.encoder, self.decoder, self.embedding_head, self.cluster_head)
+        return compiled_modules(self.parts(), enabled)
+
+    def parts(self) -> list[nn.Module]:
+        """The encoder, the decoder and the two heads: what :meth:`compiled` compiles."""
+        return [self.encoder, self.decoder, self.embedding_head, self.cluster_head]
+
+
+@contextlib.contextmanager
+def compiled_modules(modules, enabled: bool = True):
+    """Context manager: within the block, each of ``modules`` runs through ``torch.compile``.
+
+    Parameters
+    ----------
+    modules : sequence of torch.nn.Module
+    enabled : bool, default=True
+        False makes the block a no-op.
+
+    Yields
+    ------
+    list of torch.nn.Module
+        The modules; leaving the block restores them as plain modules.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn.network import compiled_modules
+    >>> net = torch.nn.Linear(2, 2)
+    >>> with compiled_modules([net], enabled=False):
+    ...     net(torch.zeros(1, 2)).shape
+    torch.Size([1, 2])
+    """
+    modules = list(modules)
+    if enabled:
+        for m in modules:
+            m.compile()
+    try:
+        yield modules
+    finally:
         if enabled:
-            for part in parts:
-                part.compile()
-        try:
-            yield self
-        finally:
-            if enabled:
-                for part in parts:
-                    part._compiled_call_impl = None  # undoes nn.Module.compile()
+            for m in modules:
+                m._compiled_call_impl = None  # undoes nn.Module.compile()
 
 
 class SegmentationUNet(nn.Module):
@@ -422,6 +452,18 @@ class SegmentationUNet(nn.Module):
         self.encoder = encoder if encoder is not None else VGGEncoder(in_channels, width)
         self.decoder = UNetDecoder(self.encoder.out_channels, self.encoder.width)
         self.classifier = nn.Conv2d(self.decoder.out_channels, n_classes, kernel_size=1)
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this network's shape before loading a state dict.
+
+        Examples
+        --------
+        >>> from skuld.nn.network import SegmentationUNet
+        >>> SegmentationUNet(n_classes=2, in_channels=1).config()
+        {'n_classes': 2, 'in_channels': 1, 'width': 1.0}
+        """
+        return dict(n_classes=self.classifier.out_channels, in_channels=self.encoder.in_channels,
+                    width=self.encoder.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_spatial_size(x)

@@ -25,6 +25,22 @@ class ObjectiveConfig:
 
     ``patch_sigma=None`` pools patches by flat averaging; a float switches to the
     center-sensitive Gaussian pooling (standard deviation ``patch_sigma`` x patch size).
+
+    Attributes
+    ----------
+    patch_grid : int
+        Patches per side of a crop.
+    patch_sigma : float or None
+    tau_patch, tau_region : float
+        Temperatures of patch and region discrimination.
+    region_weight, entropy_weight, area_weight : float
+        Weights of the LD stage's terms.
+
+    Examples
+    --------
+    >>> from skuld.nn import ObjectiveConfig
+    >>> ObjectiveConfig(patch_grid=4).region_weight
+    10.0
     """
 
     patch_grid: int = 8
@@ -37,7 +53,8 @@ class ObjectiveConfig:
 
 
 def ld_objective(
-    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig, forward=None, shape_loss=None
+    model: LDNet, x: torch.Tensor, views: Views, stage: str, cfg: ObjectiveConfig, forward=None, shape_loss=None,
+    outputs: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch.
 
@@ -59,12 +76,26 @@ def ld_objective(
         ``shape_loss(a0) -> scalar`` for the cluster-0 maps ``a0`` (4B, 1, S, S) of the
         non-mixup images, added in the LD stage (the adversarial shape prior of
         :class:`skuld.ShapeGuidedSegmenter`).
+    outputs : dict, optional
+        Filled with what the network produced, for loss terms computed outside (see
+        :class:`skuld.engine.LossTerm`): ``"embeddings"`` (5B or 4B, D, S, S), ``"clusters"``
+        (4B, K, S, S) in the LD stage, None in the PD stage.
 
     Returns
     -------
     loss : scalar Tensor (float32)
     parts : dict of detached scalar Tensors, one per term (kept on the device: reading them
         forces a synchronisation, so callers do it only when they report).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
+    >>> views = make_views(torch.rand(2, 2, 1, 32, 32), ViewConfig(rot90=False))     # 2 items of 2 crops
+    >>> loss, parts = ld_objective(LDNet(1, 8, 4, width=0.25), views.images * 2 - 1, views, "ld",
+    ...                            ObjectiveConfig(patch_grid=4))
+    >>> sorted(parts), loss.dtype
+    (['entropy', 'mixup', 'patch', 'region'], torch.float32)
     """
     b = views.n_items
     n_pair = 4 * b  # two views of two images per item; the rest are mixup images
@@ -79,6 +110,8 @@ def ld_objective(
         trunk = model.trunk(x)
         z = model.embed(trunk)
         a = model.cluster(trunk[:n_cluster]) if n_cluster is not None else None
+    if outputs is not None:
+        outputs.update(embeddings=z, clusters=a)
     # The heads' outputs are float32; keep autocast from casting the losses' matrix
     # products back to half precision.
     with torch.autocast(x.device.type, enabled=False):

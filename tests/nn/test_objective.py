@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
-from skuld.training import normalize
+from skuld.preprocessing import normalize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from naive_ld import naive_objective  # noqa: E402
