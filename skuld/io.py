@@ -39,6 +39,34 @@ class ImageReadError(ValueError):
     """
 
 
+def check_dense(X, name: str = "X", what: str = "images") -> None:
+    """``TypeError`` saying that sparse input is not supported, when ``X`` is a scipy sparse matrix or array.
+
+    Parameters
+    ----------
+    X : any
+    name : str, default="X"
+        How the input is named in the message.
+    what : str, default="images"
+        What was expected instead.
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from skuld.io import check_dense
+    >>> check_dense(sp.csr_matrix((4, 4)), "E", "embeddings")
+    Traceback (most recent call last):
+        ...
+    TypeError: sparse input is not supported: E must be dense embeddings
+    """
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"sparse input is not supported: {name} must be dense {what}")
+
+
 def expand_paths(spec: str | os.PathLike) -> list[str]:
     """Turn a directory, a glob pattern or a single file into a sorted list of image paths.
 
@@ -163,6 +191,7 @@ def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = Fals
         ...
     ValueError: X[3] contains NaN or infinity
     """
+    check_dense(img, name)
     img = np.asarray(img)
     if img.ndim == 2:
         img = img[:, :, None]
@@ -189,7 +218,8 @@ def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = Fals
     elif np.issubdtype(img.dtype, np.floating):
         out = img.astype(np.float32, copy=False)
     else:
-        raise ValueError(f"{name} has unsupported dtype {img.dtype}")
+        kind = "complex data not supported" if np.issubdtype(img.dtype, np.complexfloating) else "unsupported dtype"
+        raise ValueError(f"{name} has dtype {img.dtype}: {kind}")
     if not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return out
@@ -291,8 +321,7 @@ class ImageCollection:
         self.is_ragged = True
         if isinstance(X, (str, os.PathLike)):
             X = expand_paths(X)
-        if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
-            raise TypeError(f"sparse input is not supported: {name} must be dense images")
+        check_dense(X, name)
         if isinstance(X, np.ndarray) and X.dtype != object:
             if X.ndim not in (3, 4):
                 raise ValueError(

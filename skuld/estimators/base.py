@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import warnings
 from numbers import Integral, Real
 
 import torch
@@ -177,6 +178,15 @@ class SkuldEstimator(BaseEstimator):
         if channels_last is None:
             channels_last = getattr(self, "channels_last", True)
         return Runtime.resolve(self.device, getattr(self, "precision", "auto"), channels_last, fall_back=fall_back)
+
+    def _deprecated(self, names, advice: str) -> dict:
+        """The deprecated parameters among ``names`` that were set (their default is the string
+        "deprecated"), with one FutureWarning naming them and ``advice``."""
+        given = {n: getattr(self, n) for n in names if getattr(self, n) != "deprecated"}
+        if given:
+            warnings.warn(f"{type(self).__name__} parameters {sorted(given)} are deprecated and will be removed in "
+                          f"the next release: {advice}", FutureWarning, stacklevel=4)
+        return given
 
     def _fingerprint(self, exclude=(), **extra) -> dict:
         """What determines a fit's result: the parameters that are not :data:`RUNTIME_PARAMS`

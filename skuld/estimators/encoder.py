@@ -19,11 +19,9 @@ from .. import distributed
 from ..engine import EngineConfig, TrainingState, optimizer_to, read_resumable, restore, to_cpu, train
 from ..inference import predict_maps
 from ..io import ImageCollection
-from ..nn.network import SIZE_MULTIPLE, LDNet, VGGEncoder
-from ..nn.objective import ObjectiveConfig
-from ..nn.views import ViewConfig
+from ..nn.network import LDNet, VGGEncoder
 from ..preprocessing import InputSpec, check_min_size
-from ..pretraining import LocalDiscriminationTask, PretrainingConfig, Schedule
+from ..pretraining import LocalDiscriminationTask, PretrainingConfig, Schedule, pretraining_config
 from . import auto
 from .base import SkuldEstimator, constraints, draw_seed
 
@@ -249,25 +247,20 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         self.verbose = verbose
 
     # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
+    #: The parameters that say what a pretraining step sees (:func:`skuld.pretraining.pretraining_config`).
+    _STEP_PARAMS = ("batch_size", "flips", "rotation", "rot90", "view_rotation", "color_jitter", "grayscale_p", "mixup",
+                    "patch_grid", "patch_sigma", "tau_patch", "tau_region", "region_weight", "entropy_weight",
+                    "area_weight")
+
+    def _check_params(self, from_files: bool = False) -> PretrainingConfig:
+        """Validate every parameter (before any long work) and return the step's configuration."""
         self._validate_params()
         crop, image = self._resolved_sizes()
-        if crop % SIZE_MULTIPLE:
-            raise ValueError(f"crop_size must be a multiple of {SIZE_MULTIPLE}, got {crop}")
-        if crop % self.patch_grid:
-            raise ValueError(f"crop_size={crop} is not divisible by patch_grid={self.patch_grid}")
-        if self.crop_scale != "native":
-            lo, hi = _pair(self.crop_scale, "crop_scale")
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
-        if len(self.color_jitter) != 4 or any(v < 0 for v in self.color_jitter) or self.color_jitter[3] > 0.5:
-            raise ValueError("color_jitter must be (brightness, contrast, saturation, hue) with non-negative values "
-                             f"and hue <= 0.5, got {self.color_jitter}")
-        if self.mixup is not None:
-            lo, hi = _pair(self.mixup, "mixup")
-            if not 0 <= lo <= hi <= 1:
-                raise ValueError(f"mixup must be a range within [0, 1], got {self.mixup}")
         InputSpec.from_params(1, image, self.normalization)  # names a malformed (mean, std)
+        return pretraining_config(
+            **{k: getattr(self, k) for k in self._STEP_PARAMS}, crop_size=crop,
+            crop_scale=auto.native_crop_scale(crop, image) if self.crop_scale == "native" else self.crop_scale,
+            num_workers=auto.loader_workers(from_files) if self.num_workers == "auto" else self.num_workers)
 
     def _resolved_sizes(self) -> tuple[int, int | None]:
         """(crop_size, image_size) with "auto" resolved for the device training will use."""
@@ -275,20 +268,6 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         crop = auto.crop_size(device) if self.crop_size == "auto" else self.crop_size
         image = auto.image_size(device) if self.image_size == "auto" else self.image_size
         return crop, image
-
-    def _pretraining_config(self, images: ImageCollection) -> PretrainingConfig:
-        b, c, s, h = (float(v) for v in self.color_jitter)
-        views = ViewConfig(flips=self.flips, rotation=float(self.rotation), rot90=self.rot90,
-                           view_rotation=float(self.view_rotation), brightness=b, contrast=c, saturation=s, hue=h,
-                           grayscale_p=float(self.grayscale_p),
-                           mixup=None if self.mixup is None else tuple(float(v) for v in self.mixup))
-        objective = ObjectiveConfig(patch_grid=self.patch_grid, patch_sigma=self.patch_sigma, tau_patch=self.tau_patch,
-                                    tau_region=self.tau_region, region_weight=self.region_weight,
-                                    entropy_weight=self.entropy_weight, area_weight=self.area_weight)
-        scale = (auto.native_crop_scale(self.crop_size_, self.image_size_) if self.crop_scale == "native"
-                 else tuple(float(v) for v in self.crop_scale))
-        workers = auto.loader_workers(images.from_files) if self.num_workers == "auto" else self.num_workers
-        return PretrainingConfig(self.batch_size, self.crop_size_, scale, views, objective, workers)
 
     def _collect(self, X, fitted: bool) -> ImageCollection:
         images = ImageCollection(X, n_channels=self.n_channels_in_ if fitted else None)
@@ -343,8 +322,8 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         optimizer = self._ensure_optimizer()
         state = TrainingState(model, optimizer, step=self.n_iter_, history=self.loss_history_,
                               scaler=torch.amp.GradScaler(device.type) if runtime.amp_dtype == torch.float16 else None)
-        task = LocalDiscriminationTask(images, self._pretraining_config(images), self._schedule, self.input_spec_,
-                                       runtime.channels_last, self._seed)
+        task = LocalDiscriminationTask(images, self._check_params(images.from_files), self._schedule,
+                                       self.input_spec_, runtime.channels_last, self._seed)
         if payload is not None:
             restore(payload, state, task, loss_terms)
             self._schedule = task.schedule
@@ -533,14 +512,6 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
     def __setstate__(self, state):
         super().__setstate__(state)
         self._optimizer = None
-
-
-def _pair(value, name):
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from None
-    return lo, hi
 
 
 def resolve_encoder(spec, name: str = "encoder", random_state=None) -> LocalDiscriminativeEncoder | None:

@@ -227,11 +227,8 @@ class OneShotLandmarkLocator(SkuldEstimator):
                 raise ValueError(f"refine_scales must hold positive numbers, got {self.refine_scales}")
         n = len(self.refine_scales)
         patches = per_level(self.refine_patch, n, "refine_patch")
-        coarse_weight = self.coarse_weight
-        if self.prior_weight != "deprecated":
-            warnings.warn("OneShotLandmarkLocator's prior_weight is now coarse_weight; prior_weight will be removed in "
-                          "the next release", FutureWarning, stacklevel=3)
-            coarse_weight = self.prior_weight
+        coarse_weight = self._deprecated(["prior_weight"], "prior_weight is now coarse_weight").get(
+            "prior_weight", self.coarse_weight)
         frame_patch = patches[list(self.refine_scales).index(max(self.refine_scales))] if n else self.refine_patch
         return MatchConfig(
             fixed=getattr(self, "fixed_landmarks_", np.zeros(0, bool)), search_radius=self.search_radius,
@@ -240,16 +237,13 @@ class OneShotLandmarkLocator(SkuldEstimator):
             shape_tolerance=self.shape_tolerance, frame_patch=frame_patch, fusion=self.fusion)
 
     def _fit_encoder(self, templates: ImageCollection, X_unlabeled) -> LocalDiscriminativeEncoder:
-        if self.encoder_params != "deprecated":
-            warnings.warn("OneShotLandmarkLocator's encoder_params is deprecated and will be removed in the next "
-                          "release: pass encoder=OneShotLandmarkLocator.default_encoder(...) instead", FutureWarning,
-                          stacklevel=3)
+        old = self._deprecated(["encoder_params"], "pass encoder=OneShotLandmarkLocator.default_encoder(...) instead")
         enc = resolve_encoder(self.encoder, random_state=self.random_state)
         if enc is not None and hasattr(enc, "model_"):
             return enc  # fitted: used as it is
         if enc is None:
             enc = self.default_encoder(**{"random_state": self.random_state, "verbose": self.verbose,
-                                          **(self.encoder_params if self.encoder_params != "deprecated" else {})})
+                                          **(old.get("encoder_params") or {})})
         parts = [templates] if X_unlabeled is None else [
             ImageCollection(X_unlabeled, n_channels=templates.n_channels), templates]
         if all(p.from_files for p in parts):
@@ -281,6 +275,9 @@ class OneShotLandmarkLocator(SkuldEstimator):
         """
         start = time.perf_counter()
         self._validate_params()
+        if landmarks is None:
+            raise ValueError("OneShotLandmarkLocator requires y to be passed, but the target y is None: give the "
+                             "templates' landmarks, an (L, 2) array of (x, y) points per template")
         self.__dict__.pop("fixed_landmarks_", None)
         self._match_config()  # the named errors before any long work
         single = not isinstance(template, (list, tuple))

@@ -29,13 +29,13 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 
+from ..io import check_dense
 from ..metrics import class_dice
 
 
 def _as_maps(F, name: str = "X") -> list[np.ndarray]:
     """Feature maps as a list of (H, W, D) float arrays, validated."""
-    if hasattr(F, "tocsr") or type(F).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"sparse input is not supported: {name} must be dense feature maps (n_images, H, W, D)")
+    check_dense(F, name, "feature maps (n_images, H, W, D)")
     if isinstance(F, np.ndarray) and F.dtype != object:
         if F.ndim != 4:
             raise ValueError(f"{name} must be feature maps of shape (n_images, H, W, D) or a list of (H, W, D) "

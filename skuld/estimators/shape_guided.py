@@ -16,8 +16,9 @@ from ..inference import predict_class_maps
 from ..io import ImageCollection
 from ..metrics import dice
 from ..nn.shape_prior import PriorSampler, structure_width
-from ..segmentation import (UNSURE, ShapePriorTerm, atlas_labels, check_priors, field_of_view, ld_labels,
-                            ld_probabilities, prior_zooms, ridge_labels, ridge_sigmas, shape_atlas)
+from ..segmentation import (UNSURE, ShapePriorTerm, atlas_labels, check_priors, field_of_view, fields_of_view,
+                            ld_labels, ld_probabilities, prior_zooms, ridge_labels, ridge_sigmas, shape_atlas,
+                            structure_fraction)
 from . import auto
 from .base import SkuldEstimator, constraints, draw_seed
 from .encoder import LocalDiscriminativeEncoder
@@ -284,13 +285,10 @@ class ShapeGuidedSegmenter(SkuldEstimator):
     def _encoder_recipe(self, seed: int) -> LocalDiscriminativeEncoder:
         """The encoder to train: the recipe (or the deprecated parameters') with this estimator's
         orientation, runtime and seed."""
-        old = {name: getattr(self, name) for name in _DEPRECATED if getattr(self, name) != "deprecated"}
+        old = self._deprecated(_DEPRECATED, "pass encoder=ShapeGuidedSegmenter.default_encoder(...) with them instead")
         if old and self.encoder is not None:
             raise ValueError(f"give the encoder's parameters in encoder=, not also as {sorted(old)}")
         if old:
-            warnings.warn(f"ShapeGuidedSegmenter parameters {sorted(old)} are deprecated and will be removed in the "
-                          "next release: pass encoder=ShapeGuidedSegmenter.default_encoder(...) with them instead",
-                          FutureWarning, stacklevel=3)
             extra = dict(old.pop("encoder_params", None) or {})
             unknown = set(extra) - set(LocalDiscriminativeEncoder().get_params())
             if unknown:
@@ -353,9 +351,11 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         self.encoder_ = enc.fit(train, loss_terms=[term])
         self.fit_time_["pretraining"] = time.perf_counter() - t0
         self.refiner_ = None
-        source = self._pseudo_source(priors)
+        widths = [structure_width(p) * z for p, z in zip(priors, self.prior_zooms_)]  # in working pixels
+        source = self.pseudo_labels_ = (auto.pseudo_label_route(widths, self.rotation, self.prior_scale)
+                                        if self.pseudo_labels == "auto" else self.pseudo_labels)
         if self.refine and source != "ld":
-            label = self._classical_labels(priors, source)
+            label = self._classical_labels(priors, widths, source)
         fovs, modes, classical = [], [], []
         for i in range(len(images)):
             img = images[i] if images.from_files else train[i]
@@ -371,18 +371,10 @@ class ShapeGuidedSegmenter(SkuldEstimator):
             self._refine(train, pseudo, seed)
         return self
 
-    def _pseudo_source(self, priors: list[np.ndarray]) -> str:
-        if self.pseudo_labels != "auto":
-            self.pseudo_labels_ = self.pseudo_labels
-        else:
-            widths = [structure_width(p) * z for p, z in zip(priors, self.prior_zooms_)]
-            self.pseudo_labels_ = auto.pseudo_label_route(widths, self.rotation, self.prior_scale)
-        return self.pseudo_labels_
-
-    def _classical_labels(self, priors: list[np.ndarray], source: str):
+    def _classical_labels(self, priors: list[np.ndarray], widths: list[float], source: str):
         """The function ``(image, fov) -> pseudo-labels`` of the ridge or atlas route."""
         if source == "ridge":
-            self.ridge_sigmas_ = ridge_sigmas([structure_width(p) * z for p, z in zip(priors, self.prior_zooms_)])
+            self.ridge_sigmas_ = ridge_sigmas(widths)
             bounds = (0.5 * self.prior_fraction_, 2 * self.prior_fraction_)
             image_size = self.encoder_.input_spec_.image_size
             return lambda img, fov: ridge_labels(img, fov, self.ridge_sigmas_, image_size, self.ridge_polarity, bounds)
@@ -391,8 +383,7 @@ class ShapeGuidedSegmenter(SkuldEstimator):
 
     def _check_collapse(self, modes, fovs, source: str) -> bool:
         """Record how much of the field of view cluster 0 takes; False when the "ld" route collapsed."""
-        inside = np.concatenate([m[self.inference][f] for m, f in zip(modes, fovs)])
-        self.cluster_fraction_ = float((inside > 0.5).mean()) if inside.size else 0.0
+        self.cluster_fraction_ = structure_fraction([m[self.inference] for m in modes], fovs)
         self.collapsed_ = not 0.002 <= self.cluster_fraction_ <= 0.6
         if not self.collapsed_:
             return True
@@ -435,20 +426,6 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         E, P = self.encoder_.transform_with_clusters([img])
         return ld_probabilities(E[0], P[0])
 
-    def _regions(self, images: ImageCollection, mask) -> list[np.ndarray]:
-        if mask is None:
-            return [field_of_view(images[i], self.fov) for i in range(len(images))]
-        masks = list(mask) if not (isinstance(mask, np.ndarray) and mask.ndim == 2) else [mask]
-        if len(masks) != len(images):
-            raise ValueError(f"{len(masks)} field-of-view masks for {len(images)} images")
-        out = []
-        for i, m in enumerate(masks):
-            m = np.asarray(m)
-            if m.shape != images.shape(i):
-                raise ValueError(f"field-of-view mask {i} is {m.shape} but {images.describe(i)} is {images.shape(i)}")
-            out.append(m.astype(bool))
-        return out
-
     def predict_proba(self, X, mask=None, mode=None):
         """Probability of background and structure for every pixel, at the input resolution.
 
@@ -471,7 +448,7 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         check_is_fitted(self, "encoder_")
         mode = self._mode(mode)
         images = ImageCollection(X, n_channels=self.n_channels_in_)
-        regions = self._regions(images, mask)
+        regions = fields_of_view(images, mask, self.fov)
         tta = auto.test_time_views(self.rotation) if self.test_time_augmentation == "auto" \
             else self.test_time_augmentation
         results = []
@@ -538,7 +515,7 @@ class ShapeGuidedSegmenter(SkuldEstimator):
                                                        else [y])]
         if len(truth) != len(images):
             raise ValueError(f"{len(truth)} masks for {len(images)} images")
-        regions = self._regions(images, mask)
+        regions = fields_of_view(images, mask, self.fov)
         return dice(list(self.predict(X, mask=regions, mode=mode)), truth, mask=regions)
 
     def __sklearn_tags__(self):

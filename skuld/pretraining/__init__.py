@@ -5,7 +5,7 @@
 """
 
 from .data import PairCropDataset, random_resized_crop_box, worker_init
-from .task import LocalDiscriminationTask, PretrainingConfig, Schedule
+from .task import LocalDiscriminationTask, PretrainingConfig, Schedule, pretraining_config
 
-__all__ = ["LocalDiscriminationTask", "PairCropDataset", "PretrainingConfig", "Schedule", "random_resized_crop_box",
-           "worker_init"]
+__all__ = ["LocalDiscriminationTask", "PairCropDataset", "PretrainingConfig", "Schedule", "pretraining_config",
+           "random_resized_crop_box", "worker_init"]

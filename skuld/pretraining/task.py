@@ -17,7 +17,7 @@ from torch import nn
 from .. import distributed
 from ..engine import Step, Task
 from ..io import ImageCollection
-from ..nn.network import LDNet
+from ..nn.network import SIZE_MULTIPLE, LDNet
 from ..nn.objective import ObjectiveConfig, ld_objective
 from ..nn.views import ViewConfig, make_views
 from ..preprocessing import InputSpec
@@ -92,6 +92,76 @@ class PretrainingConfig:
     views: ViewConfig
     objective: ObjectiveConfig
     num_workers: int = 0
+
+
+def _pair(value, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of numbers, got {value!r}") from None
+    return lo, hi
+
+
+def pretraining_config(*, batch_size: int, crop_size: int, crop_scale, flips: bool, rotation: float, rot90: bool,
+                       view_rotation: float, color_jitter, grayscale_p: float, mixup, patch_grid: int, patch_sigma,
+                       tau_patch: float, tau_region: float, region_weight: float, entropy_weight: float,
+                       area_weight: float, num_workers: int = 0) -> PretrainingConfig:
+    """A validated :class:`PretrainingConfig` from the flat settings of
+    :class:`skuld.LocalDiscriminativeEncoder` (whose docstring describes each).
+
+    Parameters
+    ----------
+    batch_size, crop_size : int
+        ``crop_size`` a multiple of 16 and of ``patch_grid``.
+    crop_scale : (float, float)
+        ``0 < low <= high <= 1``.
+    flips, rotation, rot90, view_rotation, grayscale_p
+        The views' geometry and colour.
+    color_jitter : (float, float, float, float)
+        Brightness, contrast, saturation, hue: non-negative, hue at most 0.5.
+    mixup : (float, float) or None
+        A range within [0, 1].
+    patch_grid, patch_sigma, tau_patch, tau_region, region_weight, entropy_weight, area_weight
+        The objective's settings.
+    num_workers : int, default=0
+
+    Returns
+    -------
+    PretrainingConfig
+        ``ValueError`` naming the setting that is out of its range.
+
+    Examples
+    --------
+    >>> from skuld.pretraining import pretraining_config
+    >>> cfg = pretraining_config(batch_size=2, crop_size=64, crop_scale=(0.9, 1.0), flips=True, rotation=0.0,
+    ...                          rot90=False, view_rotation=2.0, color_jitter=(0.4, 0.4, 0.4, 0.02), grayscale_p=0.2,
+    ...                          mixup=(0.2, 0.8), patch_grid=8, patch_sigma=None, tau_patch=0.1, tau_region=0.2,
+    ...                          region_weight=10.0, entropy_weight=0.1, area_weight=0.0)
+    >>> cfg.views.rot90, cfg.objective.patch_grid
+    (False, 8)
+    """
+    if crop_size % SIZE_MULTIPLE:
+        raise ValueError(f"crop_size must be a multiple of {SIZE_MULTIPLE}, got {crop_size}")
+    if crop_size % patch_grid:
+        raise ValueError(f"crop_size={crop_size} is not divisible by patch_grid={patch_grid}")
+    lo, hi = _pair(crop_scale, "crop_scale")
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
+    if len(color_jitter) != 4 or any(v < 0 for v in color_jitter) or color_jitter[3] > 0.5:
+        raise ValueError("color_jitter must be (brightness, contrast, saturation, hue) with non-negative values "
+                         f"and hue <= 0.5, got {color_jitter}")
+    if mixup is not None:
+        m_lo, m_hi = _pair(mixup, "mixup")
+        if not 0 <= m_lo <= m_hi <= 1:
+            raise ValueError(f"mixup must be a range within [0, 1], got {mixup}")
+        mixup = (m_lo, m_hi)
+    b, c, s, h = (float(v) for v in color_jitter)
+    views = ViewConfig(flips=flips, rotation=float(rotation), rot90=rot90, view_rotation=float(view_rotation),
+                       brightness=b, contrast=c, saturation=s, hue=h, grayscale_p=float(grayscale_p), mixup=mixup)
+    objective = ObjectiveConfig(patch_grid=patch_grid, patch_sigma=patch_sigma, tau_patch=tau_patch,
+                                tau_region=tau_region, region_weight=region_weight, entropy_weight=entropy_weight,
+                                area_weight=area_weight)
+    return PretrainingConfig(batch_size, crop_size, (lo, hi), views, objective, num_workers)
 
 
 class _TrainingForward(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io import ImageCollection
+from ..io import ImageCollection, check_dense
 
 
 def embed_each(transformer, images: ImageCollection, indices, n_jobs=None):
@@ -72,6 +72,8 @@ class EmbeddingSource:
     def __init__(self, E, masks, transformer=None, n_jobs=None):
         self.transformer, self.n_jobs = transformer, n_jobs
         self._first = None
+        check_dense(E, "E" if transformer is None else "X", "embeddings (n_images, H, W, D)" if transformer is None
+                    else "images")
         if transformer is not None:
             if not hasattr(transformer, "transform"):
                 raise TypeError(f"encoder must have a transform method (images -> embeddings), got "

@@ -52,6 +52,45 @@ def fundus_field_of_view(image, erosion: int = 3) -> np.ndarray:
     return region
 
 
+def fields_of_view(images, mask=None, fov="auto") -> list[np.ndarray]:
+    """One field of view per image: the given masks, validated, or :func:`field_of_view` of each.
+
+    Parameters
+    ----------
+    images : ImageCollection
+    mask : bool array (n, H, W), list of (H_i, W_i) arrays, one (H, W) array, or None
+    fov : {"auto"} or None
+        Used when ``mask`` is None.
+
+    Returns
+    -------
+    list of bool arrays of shape (H_i, W_i)
+        ``ValueError`` naming the mask whose count or shape does not match the images.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import ImageCollection
+    >>> from skuld.segmentation import fields_of_view
+    >>> fields_of_view(ImageCollection(np.zeros((2, 40, 40))), np.ones((1, 40, 40)))
+    Traceback (most recent call last):
+        ...
+    ValueError: 1 field-of-view masks for 2 images
+    """
+    if mask is None:
+        return [field_of_view(images[i], fov) for i in range(len(images))]
+    masks = list(mask) if not (isinstance(mask, np.ndarray) and mask.ndim == 2) else [mask]
+    if len(masks) != len(images):
+        raise ValueError(f"{len(masks)} field-of-view masks for {len(images)} images")
+    out = []
+    for i, m in enumerate(masks):
+        m = np.asarray(m)
+        if m.shape != images.shape(i):
+            raise ValueError(f"field-of-view mask {i} is {m.shape} but {images.describe(i)} is {images.shape(i)}")
+        out.append(m.astype(bool))
+    return out
+
+
 def field_of_view(image: np.ndarray, fov="auto") -> np.ndarray:
     """The field of view a ``fov`` parameter stands for.
 

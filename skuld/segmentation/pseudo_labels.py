@@ -155,6 +155,31 @@ def ld_probabilities(embeddings: np.ndarray, clusters: np.ndarray, temperature: 
     return {"cluster": clusters[..., 0].copy(), "similarity": sim.astype(np.float32)}
 
 
+def structure_fraction(probabilities, fovs) -> float:
+    """The fraction of the images' fields of view where P(structure) exceeds 1/2.
+
+    Near 0 or 1 for the LD network's cluster 0 means the shape prior did not take (a collapse).
+
+    Parameters
+    ----------
+    probabilities : list of float arrays of shape (H_i, W_i)
+    fovs : list of bool arrays of shape (H_i, W_i)
+
+    Returns
+    -------
+    float in [0, 1] (0 for empty fields of view)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.segmentation import structure_fraction
+    >>> structure_fraction([np.array([[0.9, 0.1], [0.2, 0.7]])], [np.array([[True, True], [True, False]])])
+    0.3333333333333333
+    """
+    inside = np.concatenate([p[f] for p, f in zip(probabilities, fovs)])
+    return float((inside > 0.5).mean()) if inside.size else 0.0
+
+
 def ld_labels(modes: dict[str, np.ndarray], fov: np.ndarray, confidence: float) -> np.ndarray:
     """The paper's pseudo-labels: structure where the mean of the two LD modes exceeds 1/2, sure
     where both modes agree and ``|2 mean - 1| >= confidence``; background outside ``fov``.

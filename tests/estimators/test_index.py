@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 from skuld import PixelIndex
 from skuld.retrieval import MISSING, auto_factory
 
+from ..helpers import blobs
+
 
 def random_embeddings(n, h, w, d=8, seed=0):
     rng = np.random.default_rng(seed)
@@ -179,3 +181,20 @@ def test_hnsw_factory_string_and_ef_search_after_fit():
     idx.set_params(ef_search=128)
     assert idx.index_.hnsw.efSearch == 128
     assert idx.kneighbors(E[1, 7, 9], k=1)[1][0, 0].tolist() == [1, 7, 9]
+
+
+def test_any_transformer_can_embed_the_images():
+    """The index takes anything with transform (images -> per-pixel vectors), not only skuld's encoder."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    def features(x):  # (1, H, W, 1) -> (1, H, W, 3): intensity, its square, a constant
+        return np.concatenate([x, x**2, np.ones_like(x)], axis=-1)
+
+    images = blobs(3, 32)
+    index = PixelIndex(index="Flat", stride=4).fit(images, encoder=FunctionTransformer(features))
+    assert index.dim_ == 3 and index.n_images_ == 3 and index.n_vectors_ == 3 * 8 * 8
+    _, where = index.kneighbors(features(images[1:2, ..., None])[0, 8, 12], k=1)
+    assert where[0, 0, 1:].tolist() == [8, 12] or np.allclose(images[where[0, 0, 0], where[0, 0, 1], where[0, 0, 2]],
+                                                               images[1, 8, 12])
+    with pytest.raises(TypeError, match="transform"):
+        PixelIndex().fit(images, encoder=object())

@@ -263,11 +263,11 @@ def test_the_parameters_of_earlier_releases_still_work_with_a_future_warning(enc
     ``prior_weight`` (now ``coarse_weight``) give the same model, with a FutureWarning."""
     template, marks = phantom()
     query = phantom(rotation(3, 1, (4, -2)))[0][None]
-    with pytest.warns(FutureWarning, match="prior_weight is now coarse_weight"):
+    with pytest.warns(FutureWarning, match=r"\[.prior_weight.\] are deprecated.*prior_weight is now coarse_weight"):
         old = locator(encoder, prior_weight=0.5).fit(template, marks).predict(query)
     np.testing.assert_array_equal(old, locator(encoder, coarse_weight=0.5).fit(template, marks).predict(query))
     params = {k: v for k, v in TINY.items() if k != "random_state"}
-    with pytest.warns(FutureWarning, match="encoder_params is deprecated"):
+    with pytest.warns(FutureWarning, match=r"\[.encoder_params.\] are deprecated"):
         a = OneShotLandmarkLocator(encoder_params=params, correspondence_steps=0, n_pseudo_templates=0,
                                    random_state=0).fit(template, marks)
     b = OneShotLandmarkLocator(OneShotLandmarkLocator.default_encoder(**params), correspondence_steps=0,

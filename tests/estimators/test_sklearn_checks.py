@@ -8,9 +8,11 @@ that is listed with its reason; what it verifies is then tested on images below.
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skuld import LocalDiscriminativeEncoder, PixelClassifier, PixelSampler, ShapeGuidedSegmenter, TransferSegmenter
+from skuld import (LocalDiscriminativeEncoder, OneShotLandmarkLocator, PixelClassifier, PixelIndex, PixelSampler,
+                   ShapeGuidedSegmenter, TransferSegmenter)
 
 from ..helpers import TINY, blobs
 
@@ -58,16 +60,32 @@ PRIORS = ("y is a list of binary shape-prior masks (2-D arrays of at least 16 x 
           "sample; the check passes a 1-D y, which is rejected with a ValueError. Tested in tests/test_shape_guided.py")
 SHAPE_FAILED = {name: TABULAR for name in COMMON_TABULAR}
 SHAPE_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_in_after_fitting": NO_FEATURES})
+EMBEDDINGS = ("X must be per-pixel embeddings (n, H, W, D), or images with an encoder; the check fits on 2-D "
+              "tabular data, which is rejected with a ValueError naming the expected shape. Tested on embeddings "
+              "in tests/estimators/test_index.py")
+# Of the tabular checks, the NaN/inf one too: the 2-D table is refused by its shape before its values are
+# looked at (embeddings with NaN are refused: test_index.py).
+INDEX_FAILED = {name: EMBEDDINGS for name in COMMON_TABULAR + ["check_positive_only_tag_during_fit"]}
+INDEX_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_in_after_fitting": NO_FEATURES})
+TEMPLATE = ("fit takes a template image and its (L, 2) landmarks; the check passes a 2-D table (taken as one "
+            "image) and a 1-D y, which is rejected with a ValueError naming the landmarks' shape. Tested in "
+            "tests/estimators/test_locator.py")
+LOCATOR_FAILED = {name: TEMPLATE for name in COMMON_TABULAR + ["check_positive_only_tag_during_fit"]}
+LOCATOR_FAILED.update({"check_n_features_in": NO_FEATURES, "check_n_features_in_after_fitting": NO_FEATURES})
 EXPECTED = {
     LocalDiscriminativeEncoder: EXPECTED_FAILED, TransferSegmenter: SEGMENTER_FAILED,
     PixelSampler: MAPS_FAILED, PixelClassifier: MAPS_FAILED, ShapeGuidedSegmenter: SHAPE_FAILED,
+    PixelIndex: INDEX_FAILED, OneShotLandmarkLocator: LOCATOR_FAILED,
 }
 
 
 @parametrize_with_checks(
     [LocalDiscriminativeEncoder(**TINY), TransferSegmenter(max_iter=1, crop_size=32, width=0.25, random_state=0),
      PixelSampler(random_state=0), PixelClassifier(random_state=0),
-     ShapeGuidedSegmenter(max_iter=1, refine=False, crop_size=32, image_size=32, random_state=0)],
+     ShapeGuidedSegmenter(ShapeGuidedSegmenter.default_encoder(max_iter=1, crop_size=32, image_size=32),
+                          refine=False, random_state=0),
+     PixelIndex(index="Flat", random_state=0),
+     OneShotLandmarkLocator(correspondence_steps=0, n_pseudo_templates=0, random_state=0)],
     expected_failed_checks=lambda est: EXPECTED[type(est)],
 )
 def test_sklearn_compatible(estimator, check):
@@ -181,3 +199,36 @@ def test_sparse_input_is_named():
 
     with pytest.raises(TypeError, match="sparse"):
         LocalDiscriminativeEncoder(**TINY).fit(sp.csr_matrix(np.ones((40, 40))))
+
+
+# ---- OneShotLandmarkLocator and PixelIndex: the same properties on their own input ----------
+def test_locator_fit_is_idempotent_returns_self_and_leaves_params_and_input_alone():
+    from ..helpers import phantom, rotation
+
+    template, marks = phantom()
+    enc = LocalDiscriminativeEncoder(**{**TINY, "rotation": 0, "rot90": False}).fit(template[None])
+    loc = OneShotLandmarkLocator(encoder=FrozenEstimator(enc), refine_patch=15, refine_radius=6)
+    params, template_copy, marks_copy = loc.get_params(), template.copy(), marks.copy()
+    query = np.stack([phantom(rotation(d, 1, (d, 1)))[0] for d in (2, -3)])
+    assert loc.fit(template, marks) is loc and loc.get_params() == params
+    a = loc.predict(query)
+    b = loc.fit(template, marks).predict(query)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(template, template_copy)
+    np.testing.assert_array_equal(marks, marks_copy)
+    np.testing.assert_allclose(loc.predict(query[::-1]), a[::-1], atol=1e-6)   # order and subsets
+    np.testing.assert_allclose(loc.predict(query[1:]), a[1:], atol=1e-6)
+    assert not hasattr(clone(loc), "templates_")
+
+
+def test_index_fit_is_idempotent_returns_self_and_leaves_params_and_input_alone():
+    E = np.random.default_rng(0).normal(size=(3, 12, 10, 4)).astype(np.float32)
+    E_copy = E.copy()
+    index = PixelIndex(index="IVF4,Flat", train_size=200, random_state=0)
+    params = index.get_params()
+    assert index.fit(E) is index and index.get_params() == params
+    a = index.kneighbors(E[0, 3, 4], k=5)
+    b = index.fit(E).kneighbors(E[0, 3, 4], k=5)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(E, E_copy)
+    assert not hasattr(clone(index), "index_")

@@ -1,14 +1,10 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
 from skuld.preprocessing import normalize
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from naive_ld import naive_objective  # noqa: E402
+from benchmarks.naive_ld import naive_objective
 
 
 def batch(channels=3, b=2, s=32, seed=0):
