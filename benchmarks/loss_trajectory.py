@@ -23,14 +23,12 @@ from benchmarks.common.results import RESULTS_DIR, run_metadata, write_results
 
 def train(impl, steps, device, crop, batch, seed=0):
     from benchmarks.naive_ld import naive_objective
-
-    from skuld.pretraining import PairCropDataset
     from skuld.datasets import load_cxr_tiny
+    from skuld.engine import step_generators
     from skuld.io import ImageCollection
     from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
-    from skuld.engine import step_generators
     from skuld.preprocessing import normalize
-    from skuld.pretraining import Schedule
+    from skuld.pretraining import PairCropDataset, Schedule
 
     dev = torch.device(device)
     torch.manual_seed(seed)

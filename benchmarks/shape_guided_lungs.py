@@ -37,10 +37,9 @@ import numpy as np
 
 from benchmarks.common import data, shape_guided_segmenter
 from benchmarks.common.results import RESULTS_DIR, write_json, write_markdown
-from skuld import ShapeGuidedSegmenter
-from skuld.segmentation.atlas import atlas_probability, shape_atlas
 from skuld.datasets import load_cxr_tiny
 from skuld.metrics import dice
+from skuld.segmentation.atlas import atlas_probability, shape_atlas
 
 RESULTS = RESULTS_DIR / "shape_guided_lungs"
 #: Chest X-ray settings: working resolution 256 (lungs are large), whole-frame crops of 160 px,

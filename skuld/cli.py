@@ -52,8 +52,8 @@ def _cmd_embed(args) -> int:
     import joblib
     import numpy as np
 
-    from .retrieval import embed_each
     from .io import ImageCollection, atomic_write, expand_paths
+    from .retrieval import embed_each
 
     enc = joblib.load(args.model)
     paths = [p for spec in args.images for p in expand_paths(spec)]
@@ -80,8 +80,7 @@ def _cmd_embed(args) -> int:
 def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
     """Every image's embeddings in one EmbeddingStore folder (any sizes); resumes an
     interrupted run over the same images."""
-    from .retrieval import embed_each
-    from .retrieval import EmbeddingStore
+    from .retrieval import EmbeddingStore, embed_each
 
     paths = images.paths
     shapes = [images.shape(i) for i in range(len(images))]
@@ -118,8 +117,8 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
     one image at a time; a progress file lets a rerun resume, the final name appears last."""
     import numpy as np
 
-    from .retrieval import embed_each
     from .io import atomic_write
+    from .retrieval import embed_each
 
     paths = images.paths
     shapes = {images.shape(i) for i in range(len(paths))}

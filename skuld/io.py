@@ -12,6 +12,7 @@ Conventions used everywhere in skuld
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -439,11 +440,66 @@ class ImageCollection:
         except Exception:  # not a format Pillow knows (DICOM, ...): decode it
             return tuple(self[i].shape[:2])
 
+    def fingerprint(self) -> str:
+        """A digest of what the collection holds: each file's absolute path, size and modification
+        time, or each array's shape and contents (as float32 in [0, 1]).
+
+        A training checkpoint records it, so that a run never resumes on other images.
+
+        Returns
+        -------
+        str
+            16 hex digits.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skuld.io import ImageCollection
+        >>> a = ImageCollection(np.zeros((2, 8, 8)))
+        >>> a.fingerprint() == ImageCollection(np.zeros((2, 8, 8))).fingerprint()
+        True
+        >>> a.fingerprint() == ImageCollection(np.ones((2, 8, 8))).fingerprint()
+        False
+        """
+        digest = hashlib.sha256(f"{len(self)} {self.n_channels}".encode())
+        for i in range(len(self)):
+            if self.from_files:
+                st = os.stat(self._paths[i])
+                digest.update(f"{os.path.abspath(self._paths[i])} {st.st_size} {st.st_mtime_ns}".encode())
+            else:
+                digest.update(repr(self._arrays[i].shape).encode())
+                digest.update(np.ascontiguousarray(self._arrays[i]).tobytes())
+        return digest.hexdigest()[:16]
+
     @property
     def paths(self) -> list[str | None]:
         """The file path of every image (None for in-memory images).
         """
         return list(self._paths)
+
+
+def combined(*collections: ImageCollection) -> list:
+    """The images of several collections as one input of a fit, in order: their paths when all are
+    files (the trainer then decodes and caches them itself, in its loader workers), else the arrays.
+
+    Parameters
+    ----------
+    *collections : ImageCollection
+
+    Returns
+    -------
+    list of str, or list of float32 arrays (H, W, C)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import ImageCollection, combined
+    >>> [x.shape for x in combined(ImageCollection(np.zeros((2, 8, 8))), ImageCollection([np.ones((9, 7))]))]
+    [(8, 8, 1), (8, 8, 1), (9, 7, 1)]
+    """
+    if all(c.from_files for c in collections):
+        return [path for c in collections for path in c.paths]
+    return [c[i] for c in collections for i in range(len(c))]
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:

@@ -8,8 +8,17 @@ from hypothesis import strategies as st
 from torch.nn import functional as F
 
 from skuld.io import ImageCollection
-from skuld.preprocessing import (InputSpec, check_min_size, intensity_normalizer, normalize, pad_to_multiple,
-                                 resample_rows, resize, to_tensor, working_shape)
+from skuld.preprocessing import (
+    InputSpec,
+    check_min_size,
+    intensity_normalizer,
+    normalize,
+    pad_to_multiple,
+    resample_rows,
+    resize,
+    to_tensor,
+    working_shape,
+)
 
 sizes = st.integers(32, 400)
 

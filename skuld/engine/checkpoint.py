@@ -227,6 +227,11 @@ def restore(payload: dict, state, task, terms) -> None:
     >>> fresh.step, bool(torch.equal(fresh.model.weight, net.weight))
     (7, True)
     """
+    saved_terms = payload.get("terms", {})
+    names = {t.name for t in terms}
+    if names != set(saved_terms):  # before anything is loaded: a refused checkpoint changes nothing
+        raise ValueError(f"the checkpoint was written with loss terms {sorted(saved_terms)}, this run has "
+                         f"{sorted(names)}; use another checkpoint_dir")
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     if state.scaler is not None and payload.get("scaler") is not None:
@@ -234,10 +239,5 @@ def restore(payload: dict, state, task, terms) -> None:
     state.step = int(payload["step"])
     state.history[:] = list(payload["history"])
     task.load_state_dict(payload.get("task", {}))
-    saved_terms = payload.get("terms", {})
-    names = {t.name for t in terms}
-    if names != set(saved_terms):
-        raise ValueError(f"the checkpoint was written with loss terms {sorted(saved_terms)}, this run has "
-                         f"{sorted(names)}; use another checkpoint_dir")
     for term in terms:
         term.load_state_dict(saved_terms[term.name])

@@ -131,6 +131,12 @@ class Task:
     """
 
     kind = "task"
+    #: Whether the task trains one model across processes (``torch.distributed``): its batches
+    #: then differ by rank, BatchNorm is synchronised and :meth:`distribute` wraps the forward
+    #: in DistributedDataParallel. Other tasks train the same model in every process.
+    distributed = False
+    #: Whether every step's input has one size (then cuDNN may pick its kernels once).
+    same_size_inputs = True
 
     def __init__(self, learning_rate: float = 1e-3):
         self.learning_rate = learning_rate
@@ -218,11 +224,25 @@ class LossTerm:
     def to(self, device: torch.device) -> "LossTerm":
         return self
 
+    def fingerprint(self) -> dict:
+        """What the term adds to the run's fingerprint (its settings and data): a checkpoint of a
+        run with other settings is not resumed."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def snapshot(self):
+        """A copy of the second player's state, where it lives, taken before each step; an
+        interrupted step puts it back with :meth:`restore` (the default: a deep copy of
+        :meth:`state_dict`)."""
+        return copy.deepcopy(self.state_dict())
+
+    def restore(self, snapshot) -> None:
+        self.load_state_dict(snapshot)
 
 
 class Callback:
@@ -354,10 +374,10 @@ def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.named_buffers()}  # batch-norm statistics: small
 
 
-def _term_states(terms: Sequence[LossTerm]) -> list[dict | None]:
-    """Copies of the second players' states (a small discriminator and its Adam): a step
-    interrupted after their forward (spectral norm's power iteration) or update restores them."""
-    return [copy.deepcopy(t.state_dict()) if t.optimizer is not None else None for t in terms]
+def _term_states(terms: Sequence[LossTerm]) -> list:
+    """Snapshots of the second players (a small discriminator and its Adam): a step interrupted
+    after their forward (spectral norm's power iteration) or update restores them."""
+    return [t.snapshot() if t.optimizer is not None else None for t in terms]
 
 
 def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -411,6 +431,8 @@ def train(task: Task, state: TrainingState, stop: int, config: EngineConfig, ter
     model, dev = state.model, config.device
     world, rank = distributed.world_size(), distributed.rank()
     is_main = rank == 0
+    if not task.distributed:
+        world, rank = 1, 0  # every process trains the same model on the same batches
     history = _History(state, config, stop, config.verbose if is_main else 0)
     spec = config.checkpoint if is_main else None
     gen_device = task.random_device(dev)
@@ -423,7 +445,7 @@ def train(task: Task, state: TrainingState, stop: int, config: EngineConfig, ter
 
     # Training crops all have one size: let cuDNN pick its fastest kernels once.
     cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = dev.type == "cuda" or cudnn_benchmark
+    torch.backends.cudnn.benchmark = (dev.type == "cuda" and task.same_size_inputs) or cudnn_benchmark
     sync_bn = distributed.synchronized_batch_norm(model, dev) if world > 1 else contextlib.nullcontext()
     buffers, term_states, index = None, None, state.step
     try:
@@ -489,7 +511,7 @@ def train(task: Task, state: TrainingState, stop: int, config: EngineConfig, ter
             _restore_buffers(model, buffers)
             for term, saved in zip(terms, term_states):
                 if saved is not None:
-                    term.load_state_dict(saved)
+                    term.restore(saved)
         history.drop_after(state.step)
         history.flush()
         if spec is not None and state.step > 0:

@@ -18,6 +18,7 @@ from numbers import Integral, Real
 
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
@@ -49,7 +50,8 @@ COMMON_CONSTRAINTS = {
 }
 
 #: Parameters that change how a fit runs, not what it learns: a checkpoint written under other
-#: values of these is resumed (longer max_iter continues the same schedule).
+#: values of these is resumed (a pretraining run with a longer max_iter continues its schedule;
+#: the segmenter's schedule follows max_iter, which its fingerprint therefore records).
 RUNTIME_PARAMS = frozenset({"max_iter", "verbose", "device", "precision", "num_workers", "checkpoint_dir",
                             "checkpoint_every", "warm_start", "compile", "memory_saving", "test_time_augmentation"})
 
@@ -108,7 +110,7 @@ def draw_seed(random_state) -> int:
     return seed
 
 
-def describe(value):
+def fingerprint_value(value):
     """A parameter's value as fingerprint data: estimators by class, parameters and (when
     fitted) a digest of their weights, so that resuming on another encoder is caught.
 
@@ -121,9 +123,8 @@ def describe(value):
     JSON-compatible data
     """
     if isinstance(value, BaseEstimator):
-        inner = getattr(value, "estimator", None)
-        if type(value).__name__ == "FrozenEstimator" and inner is not None:
-            return describe(inner)
+        if isinstance(value, FrozenEstimator):
+            return fingerprint_value(value.estimator)
         out = {"class": type(value).__name__}
         model = getattr(value, "model_", None)
         if model is not None:
@@ -133,13 +134,25 @@ def describe(value):
                 digest.update(v.detach().cpu().contiguous().numpy().tobytes())
             out["weights"] = digest.hexdigest()[:16]
         else:
-            out["params"] = {k: describe(v) for k, v in value.get_params(deep=False).items()}
+            out["params"] = {k: fingerprint_value(v) for k, v in value.get_params(deep=False).items()}
         return out
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, dict):
-        return {str(k): describe(v) for k, v in value.items()}
+        return {str(k): fingerprint_value(v) for k, v in value.items()}
     return canonical(value)
+
+
+def _legacy_payload(name: str, payload: dict | None) -> dict | None:
+    """A module payload as this skuld writes it: skuld 0.1.0 wrote no "type", and a segmenter's
+    constructor arguments beside its state dict."""
+    if payload is None or "type" in payload:
+        return payload
+    if name == "net_":
+        payload = dict(payload)
+        sd = payload.pop("state_dict")
+        return {"type": "SegmentationUNet", "config": payload, "state_dict": sd}
+    return {"type": "LDNet", **payload}
 
 
 class _SklearnCallbacks(Callback):
@@ -179,13 +192,14 @@ class SkuldEstimator(BaseEstimator):
             channels_last = getattr(self, "channels_last", True)
         return Runtime.resolve(self.device, getattr(self, "precision", "auto"), channels_last, fall_back=fall_back)
 
-    def _deprecated(self, names, advice: str) -> dict:
+    def _deprecated(self, names, advice: str, stacklevel: int = 4) -> dict:
         """The deprecated parameters among ``names`` that were set (their default is the string
-        "deprecated"), with one FutureWarning naming them and ``advice``."""
+        "deprecated"), with one FutureWarning naming them and ``advice`` (``stacklevel`` 4: called
+        from a helper of ``fit``)."""
         given = {n: getattr(self, n) for n in names if getattr(self, n) != "deprecated"}
         if given:
             warnings.warn(f"{type(self).__name__} parameters {sorted(given)} are deprecated and will be removed in "
-                          f"the next release: {advice}", FutureWarning, stacklevel=4)
+                          f"the next release: {advice}", FutureWarning, stacklevel=stacklevel)
         return given
 
     def _fingerprint(self, exclude=(), **extra) -> dict:
@@ -195,7 +209,7 @@ class SkuldEstimator(BaseEstimator):
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in RUNTIME_PARAMS and k not in exclude}
         if not isinstance(params.get("random_state"), Integral):
             params["random_state"] = None
-        return {**{k: describe(v) for k, v in params.items()}, **{k: describe(v) for k, v in extra.items()}}
+        return {k: fingerprint_value(v) for k, v in {**params, **extra}.items()}
 
     def _checkpointing(self, filename: str, kind: str, seed: int, exclude=(), **fingerprint) -> Checkpointing | None:
         """The engine's checkpointing in ``checkpoint_dir`` (None when it is not set); ``fingerprint``
@@ -233,8 +247,12 @@ class SkuldEstimator(BaseEstimator):
             state["device_"] = str(state["device_"])
         return state
 
+    def _upgrade_state(self, state: dict) -> None:
+        """Bring the pickled state of an earlier skuld to this one's (in place); see subclasses."""
+
     def __setstate__(self, state):
-        payloads = {name: state.pop(f"_{name}payload", None) for name in self._modules}
+        self._upgrade_state(state)
+        payloads = {name: _legacy_payload(name, state.pop(f"_{name}payload", None)) for name in self._modules}
         # A model saved before a parameter existed behaves as that parameter's default.
         for name, param in inspect.signature(type(self).__init__).parameters.items():
             if name != "self" and name not in state and param.default is not inspect.Parameter.empty:

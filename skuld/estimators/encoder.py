@@ -252,10 +252,11 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
                     "patch_grid", "patch_sigma", "tau_patch", "tau_region", "region_weight", "entropy_weight",
                     "area_weight")
 
-    def _check_params(self, from_files: bool = False) -> PretrainingConfig:
-        """Validate every parameter (before any long work) and return the step's configuration."""
+    def _check_params(self, from_files: bool = False, sizes=None) -> PretrainingConfig:
+        """Validate every parameter (before any long work) and return the step's configuration;
+        ``sizes``: the fitted (crop, image) sizes, which a warm start keeps."""
         self._validate_params()
-        crop, image = self._resolved_sizes()
+        crop, image = self._resolved_sizes() if sizes is None else sizes
         InputSpec.from_params(1, image, self.normalization)  # names a malformed (mean, std)
         return pretraining_config(
             **{k: getattr(self, k) for k in self._STEP_PARAMS}, crop_size=crop,
@@ -291,6 +292,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         self._seed = seed
         self._schedule = Schedule.scaled(self.learning_rate, self.max_iter, self.pd_fraction, self.lr_halvings)
         self._optimizer = None
+        self.__dict__.pop("_optimizer_state", None)  # a fresh model takes no Adam state of an earlier one
 
     def _ensure_optimizer(self) -> torch.optim.Optimizer:
         if getattr(self, "_optimizer", None) is None:
@@ -301,8 +303,10 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
                 self._optimizer_state = None
         return self._optimizer
 
-    def _checkpoint(self, n_channels: int):
-        return self._checkpointing(CHECKPOINT_NAME, "pretraining", self._seed, n_channels=n_channels)
+    def _checkpoint(self, images: ImageCollection, loss_terms):
+        """The run's checkpointing: its fingerprint holds the data and the loss terms' settings."""
+        return self._checkpointing(CHECKPOINT_NAME, "pretraining", self._seed, n_channels=images.n_channels,
+                                   data=images.fingerprint(), terms={t.name: t.fingerprint() for t in loss_terms})
 
     def _train(self, images: ImageCollection, stop: int, loss_terms=(), resume: bool = False) -> None:
         runtime = self._runtime()
@@ -313,26 +317,28 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
             if device.type == "cuda":
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
                 torch.cuda.set_device(device)
-        payload = read_resumable(self._checkpoint(images.n_channels)) if resume else None
+        checkpoint = self._checkpoint(images, loss_terms) if self.checkpoint_dir is not None else None
+        payload = read_resumable(checkpoint) if resume else None
         if payload is not None:
             self._initialize(images.n_channels, int(payload["seed"]))  # the run's own seed: its crops and views
+            checkpoint.seed = self._seed
         self.device_ = device
         model = self.model_.to(device)
         model.memory_saving = self.memory_saving
         optimizer = self._ensure_optimizer()
         state = TrainingState(model, optimizer, step=self.n_iter_, history=self.loss_history_,
                               scaler=torch.amp.GradScaler(device.type) if runtime.amp_dtype == torch.float16 else None)
-        task = LocalDiscriminationTask(images, self._check_params(images.from_files), self._schedule,
-                                       self.input_spec_, runtime.channels_last, self._seed)
+        task = LocalDiscriminationTask(images, self._check_params(images.from_files, (self.crop_size_, self.image_size_)),
+                                       self._schedule, self.input_spec_, runtime.channels_last, self._seed)
         if payload is not None:
             restore(payload, state, task, loss_terms)
             self._schedule = task.schedule
-            self._log(f"resuming from {self._checkpoint(images.n_channels).path} at step {state.step}")
+            self._log(f"resuming from {checkpoint.path} at step {state.step}")
         optimizer_to(optimizer, device)
         n_steps = stop - state.step
         compile_ = self.compile if self.compile != "auto" else auto.compile_network(device, n_steps)
         config = EngineConfig(device=device, amp_dtype=runtime.amp_dtype, seed=self._seed, compile=compile_,
-                              checkpoint=self._checkpoint(images.n_channels), verbose=int(self.verbose),
+                              checkpoint=checkpoint, verbose=int(self.verbose),
                               name="pretraining")
         callbacks, ctx = self._engine_callbacks(n_steps, on_step=lambda n: setattr(self, "n_iter_", n))
         try:
@@ -509,20 +515,29 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
             state["_optimizer_state"] = to_cpu(optimizer.state_dict())
         return state
 
+    def _upgrade_state(self, state: dict) -> None:
+        if "n_channels_in_" in state and "input_spec_" not in state:  # pickled by skuld 0.1.0
+            state.setdefault("crop_size_", 160 if state.get("crop_size") == "auto" else state.get("crop_size"))
+            state.setdefault("image_size_", 256 if state.get("image_size") == "auto" else state.get("image_size"))
+            state["input_spec_"] = InputSpec.from_params(state["n_channels_in_"], state["image_size_"],
+                                                         state.get("normalization", "auto"))
+
     def __setstate__(self, state):
         super().__setstate__(state)
         self._optimizer = None
 
 
-def resolve_encoder(spec, name: str = "encoder", random_state=None) -> LocalDiscriminativeEncoder | None:
+def resolve_encoder(spec, name: str = "encoder", random_state=None, settings=None) -> LocalDiscriminativeEncoder | None:
     """The encoder an estimator's ``encoder`` parameter stands for.
 
     A fitted :class:`LocalDiscriminativeEncoder`, one wrapped in
     ``sklearn.frozen.FrozenEstimator``, or the path of one saved with ``joblib.dump`` is
     returned fitted, as it is. An unfitted one is a recipe: a clone is returned, for the
-    caller to fit (what scikit-learn meta-estimators do with their sub-estimators); a recipe
-    without a ``random_state`` takes the caller's, so that the caller's seed makes the whole
-    fit reproducible. None stays None.
+    caller to fit (what scikit-learn meta-estimators do with their sub-estimators). The one
+    rule for recipes: what the encoder learns comes from the recipe; where and how it runs
+    comes from the caller (``settings``: its device, precision, memory format, checkpoint
+    folder, verbosity), and a recipe without a ``random_state`` takes the caller's when that is
+    an int, so that the caller's seed makes the whole fit reproducible. None stays None.
 
     Parameters
     ----------
@@ -530,7 +545,9 @@ def resolve_encoder(spec, name: str = "encoder", random_state=None) -> LocalDisc
     name : str, default="encoder"
         How the parameter is named in errors.
     random_state : int, RandomState instance or None, default=None
-        The caller's, for a recipe that has none.
+        The caller's.
+    settings : dict or None, default=None
+        Encoder parameters the caller sets on a recipe.
 
     Returns
     -------
@@ -559,9 +576,9 @@ def resolve_encoder(spec, name: str = "encoder", random_state=None) -> LocalDisc
                         f"got {type(spec).__name__}")
     if hasattr(spec, "model_"):
         return spec
-    recipe = clone(spec)
-    if recipe.random_state is None and random_state is not None:
-        recipe.set_params(random_state=random_state)
+    recipe = clone(spec).set_params(**(settings or {}))
+    if recipe.random_state is None and isinstance(random_state, Integral):
+        recipe.set_params(random_state=int(random_state))
     return recipe
 
 

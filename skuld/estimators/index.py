@@ -19,8 +19,17 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ..retrieval import (MISSING, EmbeddingSource, PixelIds, auto_factory, build_index, count_pixels,
-                         prepare_vectors, search, select_pixels)
+from ..retrieval import (
+    MISSING,
+    EmbeddingSource,
+    PixelIds,
+    auto_factory,
+    build_index,
+    count_pixels,
+    prepare_vectors,
+    search,
+    select_pixels,
+)
 from ..retrieval.faiss_index import faiss, ivf, set_search_params
 from .base import SkuldEstimator, constraints
 
@@ -373,7 +382,8 @@ class PixelIndex(SkuldEstimator):
         try:
             with open(os.path.join(path, "meta.json")) as f:
                 meta = json.load(f)
-            ids = np.load(os.path.join(path, "ids.npz"), allow_pickle=False)
+            with np.load(os.path.join(path, "ids.npz"), allow_pickle=False) as arrays:
+                ids = {k: arrays[k] for k in arrays.files}
             index = faiss().read_index(os.path.join(path, "index.faiss"), faiss().IO_FLAG_MMAP if mmap else 0)
         except Exception as exc:
             raise ValueError(f"cannot read a PixelIndex from {path}: {type(exc).__name__}: {exc}") from exc
@@ -394,6 +404,9 @@ class PixelIndex(SkuldEstimator):
         return state
 
     def __setstate__(self, state):
+        if "_id_arrays" in state:  # pickled by skuld 0.1.0
+            state["ids_"] = state.pop("_id_arrays")
+            state.pop("_offsets", None)
         self.__dict__.update(state)
         if "index_" in state:
             self.index_ = faiss().deserialize_index(state["index_"])

@@ -12,9 +12,20 @@ from sklearn.utils.validation import check_is_fitted
 
 from .. import matching
 from ..engine import Runtime
-from ..io import ImageCollection
-from ..landmarks import (ENCODER_DEFAULTS, FEATURE_SETS, MatchConfig, check_landmarks, describe_image,
-                         fine_tune_correspondence, fixed_mask, locate, make_template, per_level, round_trip_error)
+from ..io import ImageCollection, combined
+from ..landmarks import (
+    ENCODER_DEFAULTS,
+    FEATURE_SETS,
+    MatchConfig,
+    check_landmarks,
+    describe_image,
+    fine_tune_correspondence,
+    fixed_mask,
+    locate,
+    make_template,
+    per_level,
+    round_trip_error,
+)
 from ..metrics import mean_radial_error
 from ..preprocessing import check_min_size
 from .base import SkuldEstimator, constraints
@@ -48,9 +59,10 @@ class OneShotLandmarkLocator(SkuldEstimator):
     ----------
     encoder : LocalDiscriminativeEncoder, FrozenEstimator, str, path or None, default=None
         A fitted encoder (used as it is), the path of one saved with ``joblib.dump``, an
-        unfitted one (a copy is fitted on ``X_unlabeled`` and the templates), or None: fit
-        pretrains :meth:`default_encoder` (:data:`skuld.landmarks.ENCODER_DEFAULTS`) with this
-        estimator's ``random_state`` and ``verbose``.
+        unfitted one (a recipe: a copy is fitted on ``X_unlabeled`` and the templates, with this
+        estimator's ``device`` and ``verbose`` and, when the recipe has none, its int
+        ``random_state``), or None: the recipe :meth:`default_encoder`
+        (:data:`skuld.landmarks.ENCODER_DEFAULTS`).
         ``sklearn.base.clone`` (grid searches, Pipelines) clones an encoder given as an
         estimator, which the next ``fit`` then retrains; wrap a fitted encoder in
         ``sklearn.frozen.FrozenEstimator``, or pass its path, to keep it.
@@ -227,8 +239,7 @@ class OneShotLandmarkLocator(SkuldEstimator):
                 raise ValueError(f"refine_scales must hold positive numbers, got {self.refine_scales}")
         n = len(self.refine_scales)
         patches = per_level(self.refine_patch, n, "refine_patch")
-        coarse_weight = self._deprecated(["prior_weight"], "prior_weight is now coarse_weight").get(
-            "prior_weight", self.coarse_weight)
+        coarse_weight = self.coarse_weight if self.prior_weight == "deprecated" else self.prior_weight
         frame_patch = patches[list(self.refine_scales).index(max(self.refine_scales))] if n else self.refine_patch
         return MatchConfig(
             fixed=getattr(self, "fixed_landmarks_", np.zeros(0, bool)), search_radius=self.search_radius,
@@ -238,18 +249,13 @@ class OneShotLandmarkLocator(SkuldEstimator):
 
     def _fit_encoder(self, templates: ImageCollection, X_unlabeled) -> LocalDiscriminativeEncoder:
         old = self._deprecated(["encoder_params"], "pass encoder=OneShotLandmarkLocator.default_encoder(...) instead")
-        enc = resolve_encoder(self.encoder, random_state=self.random_state)
-        if enc is not None and hasattr(enc, "model_"):
+        enc = resolve_encoder(self.encoder or self.default_encoder(**(old.get("encoder_params") or {})),
+                              random_state=self.random_state, settings=dict(device=self.device, verbose=self.verbose))
+        if hasattr(enc, "model_"):
             return enc  # fitted: used as it is
-        if enc is None:
-            enc = self.default_encoder(**{"random_state": self.random_state, "verbose": self.verbose,
-                                          **(old.get("encoder_params") or {})})
         parts = [templates] if X_unlabeled is None else [
             ImageCollection(X_unlabeled, n_channels=templates.n_channels), templates]
-        if all(p.from_files for p in parts):
-            train = [path for p in parts for path in p.paths]  # files stay files: the encoder caches them itself
-        else:
-            train = [p[i] for p in parts for i in range(len(p))]
+        train = combined(*parts)
         self._log(f"pretraining an encoder on {len(train)} images for {enc.max_iter} steps")
         return enc.fit(train)
 
@@ -279,6 +285,8 @@ class OneShotLandmarkLocator(SkuldEstimator):
             raise ValueError("OneShotLandmarkLocator requires y to be passed, but the target y is None: give the "
                              "templates' landmarks, an (L, 2) array of (x, y) points per template")
         self.__dict__.pop("fixed_landmarks_", None)
+        if self._deprecated(["prior_weight"], "prior_weight is now coarse_weight", 3) and self.coarse_weight != 1.0:
+            raise ValueError("give coarse_weight (prior_weight is its deprecated name), not both")
         self._match_config()  # the named errors before any long work
         single = not isinstance(template, (list, tuple))
         templates = ImageCollection([template] if single else list(template))
@@ -385,6 +393,13 @@ class OneShotLandmarkLocator(SkuldEstimator):
         state = super().__getstate__()
         state["_template_cache"] = None
         return state
+
+    def _upgrade_state(self, state: dict) -> None:
+        if "coarse_weight" not in state:  # pickled by skuld 0.1.0: prior_weight was the coarse weight
+            state["coarse_weight"] = state.pop("prior_weight", 1.0)
+            state["prior_weight"] = "deprecated"
+            if state.get("encoder_params") is None:
+                state["encoder_params"] = "deprecated"
 
     # ------------------------------------------------------------------ predict
     def _predict_all(self, X, return_similarity=False):

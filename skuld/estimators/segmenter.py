@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 from sklearn.callback import CallbackSupportMixin, with_callbacks
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -11,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..engine import EngineConfig, TrainingState, read_resumable, restore, train
 from ..inference import predict_class_maps
-from ..io import ImageCollection
+from ..io import ImageCollection, combined
 from ..metrics import class_dice
 from ..nn.network import SIZE_MULTIPLE, SegmentationUNet
 from ..preprocessing import InputSpec
@@ -38,9 +40,10 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
     encoder : LocalDiscriminativeEncoder, FrozenEstimator, str, path or None, default=None
         Where the U-Net's encoder comes from. A fitted encoder (or one wrapped in
         ``sklearn.frozen.FrozenEstimator``, or the path of one saved with ``joblib.dump``):
-        its weights are copied in. An unfitted encoder: :meth:`fit` first pretrains a copy
-        of it on ``X`` and ``X_unlabeled`` without their labels. None: random
-        initialisation. ``sklearn.base.clone`` (grid searches, Pipelines) clones an encoder
+        its weights are copied in. An unfitted encoder (a recipe): :meth:`fit` first pretrains
+        a copy of it on ``X`` and ``X_unlabeled`` without their labels, with this estimator's
+        ``device``, ``precision``, ``channels_last``, ``checkpoint_dir`` and ``verbose`` and,
+        when the recipe has none, its int ``random_state``. None: random initialisation. ``sklearn.base.clone`` (grid searches, Pipelines) clones an encoder
         given as an estimator, which the next ``fit`` then pretrains again; wrap a fitted one
         in ``FrozenEstimator`` or pass its path to keep it.
     freeze : {"schedule", "encoder", "none"}, default="schedule"
@@ -184,11 +187,7 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
     def _pretrain(self, enc: LocalDiscriminativeEncoder, images: ImageCollection, X_unlabeled):
         unl = None if X_unlabeled is None else ImageCollection(X_unlabeled, n_channels=images.n_channels,
                                                                name="X_unlabeled")
-        parts = [images] if unl is None else [unl, images]
-        if all(p.from_files for p in parts):
-            train = [path for p in parts for path in p.paths]
-        else:
-            train = [p[i] for p in parts for i in range(len(p))]
+        train = combined(images) if unl is None else combined(unl, images)
         self._log(f"pretraining the encoder on {len(train)} images for {enc.max_iter} steps")
         return enc.fit(train)
 
@@ -217,7 +216,9 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
             raise ValueError("TransferSegmenter requires y to be passed, but the target y is None")
         for attr in ("net_", "classes_"):  # a failed fit must not leave a model that looks fitted
             self.__dict__.pop(attr, None)
-        spec = resolve_encoder(self.encoder, random_state=self.random_state)
+        spec = resolve_encoder(self.encoder, random_state=self.random_state, settings=dict(
+            device=self.device, precision=self.precision, channels_last=self.channels_last,
+            checkpoint_dir=self.checkpoint_dir, verbose=self.verbose))
         fitted_encoder = spec is not None and hasattr(spec, "model_")
         images = ImageCollection(X, n_channels=spec.n_channels_in_ if fitted_encoder else None)
         masks = check_masks(y, images)
@@ -238,6 +239,10 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         else:
             self.input_spec_ = InputSpec.from_params(self.n_channels_in_, self.image_size_, self.normalization)
         xs, ys = training_data(images, masks, classes, self.input_spec_, self.ignore_label)
+        # What the run learns from: a recipe counts by its parameters (it is pretrained again),
+        # a fitted encoder by its weights, the data by its contents.
+        resume_key = dict(encoder=self.encoder if not fitted_encoder else encoder, data=images.fingerprint(),
+                          masks=_digest(masks)) if self.checkpoint_dir is not None else {}
         seed = draw_seed(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -245,10 +250,10 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
             self.net_ = SegmentationUNet(len(classes), encoder=vgg, in_channels=self.n_channels_in_,
                                          width=vgg.width if vgg is not None else self.width)
         self.n_iter_, self.loss_history_ = 0, []
-        self._train(xs, ys, seed, encoder)
+        self._train(xs, ys, seed, resume_key)
         return self
 
-    def _train(self, xs, ys, seed: int, encoder) -> None:
+    def _train(self, xs, ys, seed: int, resume_key: dict) -> None:
         runtime = self._runtime()
         self.device_ = runtime.device
         net = self.net_.to(runtime.device, memory_format=runtime.memory_format)
@@ -259,9 +264,9 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
                                     self.unfreeze_at, self.pretrained_, self.loss, self.flips, float(self.rotation),
                                     float(self.intensity_jitter), runtime.channels_last)
         task = SegmentationTask(xs, ys, config)
-        # The encoder counts by the weights it brought, however it was given (object, path).
         checkpoint = self._checkpointing(CHECKPOINT_NAME, "segmentation", seed, exclude=("encoder",),
-                                         classes=self.classes_.tolist(), encoder=encoder)
+                                         classes=self.classes_.tolist(), max_iter=self.max_iter,  # the schedule's
+                                         **resume_key)
         payload = read_resumable(checkpoint) if checkpoint is not None else None
         if payload is not None:
             seed = checkpoint.seed = int(payload["seed"])
@@ -335,7 +340,21 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         regions = None if self.ignore_label is None else [m != self.ignore_label for m in masks]
         return class_dice(self.predict(X), masks, self.classes_[1:], sample_weight, regions=regions)
 
+    def _upgrade_state(self, state: dict) -> None:
+        if "n_channels_in_" in state and "input_spec_" not in state:  # pickled by skuld 0.1.0
+            state["input_spec_"] = InputSpec(state["n_channels_in_"], state["image_size_"], tuple(state.pop("_mean")),
+                                             tuple(state.pop("_std")))
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         return tags
+
+
+def _digest(masks) -> str:
+    """A digest of the masks' shapes and values (what a checkpoint's fingerprint records of them)."""
+    h = hashlib.sha256()
+    for m in masks:
+        h.update(repr((m.shape, str(m.dtype))).encode())
+        h.update(np.ascontiguousarray(m).tobytes())
+    return h.hexdigest()[:16]

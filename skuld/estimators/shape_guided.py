@@ -7,7 +7,6 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -16,12 +15,24 @@ from ..inference import predict_class_maps
 from ..io import ImageCollection
 from ..metrics import dice
 from ..nn.shape_prior import PriorSampler, structure_width
-from ..segmentation import (UNSURE, ShapePriorTerm, atlas_labels, check_priors, field_of_view, fields_of_view,
-                            ld_labels, ld_probabilities, prior_zooms, ridge_labels, ridge_sigmas, shape_atlas,
-                            structure_fraction)
+from ..segmentation import (
+    UNSURE,
+    ShapePriorTerm,
+    atlas_labels,
+    check_priors,
+    field_of_view,
+    fields_of_view,
+    ld_labels,
+    ld_probabilities,
+    prior_zooms,
+    ridge_labels,
+    ridge_sigmas,
+    shape_atlas,
+    structure_fraction,
+)
 from . import auto
 from .base import SkuldEstimator, constraints, draw_seed
-from .encoder import LocalDiscriminativeEncoder
+from .encoder import LocalDiscriminativeEncoder, resolve_encoder
 from .segmenter import TransferSegmenter
 
 #: The encoder :meth:`ShapeGuidedSegmenter.default_encoder` makes (with the estimator's own
@@ -151,8 +162,8 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         found (largest bright connected region, holes filled); gray images use the whole
         image. None: always the whole image. A mask argument of :meth:`predict` overrides it.
     device, precision, channels_last :
-        As in :class:`LocalDiscriminativeEncoder`: of the refinement network and of the
-        default encoder.
+        As in :class:`LocalDiscriminativeEncoder`: of the encoder trained here (whichever
+        recipe) and of the refinement network.
     checkpoint_dir : str or None, default=None
         Where the encoder's and the refinement network's checkpoints are kept; :meth:`fit`
         resumes from them.
@@ -282,26 +293,25 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         """
         return LocalDiscriminativeEncoder(**{**ENCODER_DEFAULTS, **params})
 
-    def _encoder_recipe(self, seed: int) -> LocalDiscriminativeEncoder:
+    def _encoder_recipe(self) -> LocalDiscriminativeEncoder:
         """The encoder to train: the recipe (or the deprecated parameters') with this estimator's
-        orientation, runtime and seed."""
+        orientation and runtime (:func:`skuld.estimators.encoder.resolve_encoder`'s rule)."""
         old = self._deprecated(_DEPRECATED, "pass encoder=ShapeGuidedSegmenter.default_encoder(...) with them instead")
         if old and self.encoder is not None:
             raise ValueError(f"give the encoder's parameters in encoder=, not also as {sorted(old)}")
-        if old:
-            extra = dict(old.pop("encoder_params", None) or {})
-            unknown = set(extra) - set(LocalDiscriminativeEncoder().get_params())
-            if unknown:
-                raise ValueError(f"encoder_params has unknown LocalDiscriminativeEncoder parameters: {sorted(unknown)}")
-            recipe = self.default_encoder(**{**old, **extra})
-        else:
-            recipe = clone(self.encoder) if self.encoder is not None else self.default_encoder()
-        runtime = dict(device=self.device, precision=self.precision, channels_last=self.channels_last,
-                       checkpoint_dir=self.checkpoint_dir, verbose=self.verbose, rotation=float(self.rotation),
-                       rot90=self.rotation >= 90)
-        if recipe.random_state is None:
-            runtime["random_state"] = seed
-        return recipe.set_params(**runtime)
+        if self.encoder is not None and hasattr(self.encoder, "model_"):
+            raise ValueError("encoder is fitted, but the shape prior is part of its training: give an unfitted "
+                             "LocalDiscriminativeEncoder (a recipe), e.g. ShapeGuidedSegmenter.default_encoder()")
+        extra = dict(old.pop("encoder_params", None) or {})
+        unknown = set(extra) - set(LocalDiscriminativeEncoder().get_params())
+        if unknown:
+            raise ValueError(f"encoder_params has unknown LocalDiscriminativeEncoder parameters: {sorted(unknown)}")
+        settings = dict(device=self.device, precision=self.precision, channels_last=self.channels_last,
+                        checkpoint_dir=self.checkpoint_dir, verbose=self.verbose, rotation=float(self.rotation),
+                        rot90=self.rotation >= 90)
+        recipe = resolve_encoder(self.encoder or self.default_encoder(**old), random_state=self.random_state,
+                                 settings=settings)
+        return recipe.set_params(**extra)  # encoder_params (deprecated) came last, as before
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, shape_priors=None):
@@ -331,7 +341,7 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         priors = check_priors(shape_priors)
         self.n_channels_in_ = images.n_channels
         seed = draw_seed(self.random_state)
-        enc = self._encoder_recipe(seed)
+        enc = self._encoder_recipe()
         device = self._runtime().device
         crop = auto.crop_size(device) if enc.crop_size == "auto" else enc.crop_size
         side = auto.image_size(device) if enc.image_size == "auto" else enc.image_size
@@ -354,14 +364,13 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         widths = [structure_width(p) * z for p, z in zip(priors, self.prior_zooms_)]  # in working pixels
         source = self.pseudo_labels_ = (auto.pseudo_label_route(widths, self.rotation, self.prior_scale)
                                         if self.pseudo_labels == "auto" else self.pseudo_labels)
-        if self.refine and source != "ld":
-            label = self._classical_labels(priors, widths, source)
+        label = self._classical_labels(priors, widths, source) if source != "ld" else None
         fovs, modes, classical = [], [], []
         for i in range(len(images)):
             img = images[i] if images.from_files else train[i]
             fovs.append(field_of_view(img, self.fov))
             modes.append(self._ld_modes(img))
-            if self.refine and source != "ld":
+            if self.refine and label is not None:
                 classical.append(label(img, fovs[-1]))
         if not self._check_collapse(modes, fovs, source):
             return self
@@ -517,6 +526,9 @@ class ShapeGuidedSegmenter(SkuldEstimator):
             raise ValueError(f"{len(truth)} masks for {len(images)} images")
         regions = fields_of_view(images, mask, self.fov)
         return dice(list(self.predict(X, mask=regions, mode=mode)), truth, mask=regions)
+
+    def _upgrade_state(self, state: dict) -> None:
+        state.setdefault("test_time_augmentation", None)  # saved before the parameter existed: one view
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

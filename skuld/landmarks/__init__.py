@@ -6,11 +6,31 @@ function of :mod:`skuld.landmarks.pipeline` that can be tested without an estima
 """
 
 from .correspondence import CorrespondenceTask, correspondence_loss, fine_tune_correspondence, thin_plate_spline
-from .features import (FEATURE_SETS, ImageFeatures, Template, describe_image, encoder_descriptor_maps, make_template,
-                       sample_descriptors)
-from .pipeline import (FRAME_DETAIL_SIGMA, Located, MatchConfig, check_landmarks, coarse_points, enforce_shape,
-                       fixed_mask, frame_search, locate, locate_with, per_level, refine, round_trip_error,
-                       similarity_maps)
+from .features import (
+    FEATURE_SETS,
+    ImageFeatures,
+    Template,
+    describe_image,
+    encoder_descriptor_maps,
+    make_template,
+    sample_descriptors,
+)
+from .pipeline import (
+    FRAME_DETAIL_SIGMA,
+    Located,
+    MatchConfig,
+    check_landmarks,
+    coarse_points,
+    enforce_shape,
+    fixed_mask,
+    frame_search,
+    locate,
+    locate_with,
+    per_level,
+    refine,
+    round_trip_error,
+    similarity_maps,
+)
 
 #: Encoder settings the locator pretrains with when it is given no encoder: no rotation
 #: invariance and no mirror flips (anatomy that shares one orientation must not be matched to

@@ -125,6 +125,7 @@ class CorrespondenceTask(Task):
     """
 
     kind = "correspondence"
+    same_size_inputs = False  # images of any sizes: cuDNN would tune again for each
 
     def __init__(self, inputs, points, shapes, rng: np.random.Generator, learning_rate: float, levels=(2, 3, 4),
                  sigma: float = 0.03, pairs_per_step: int = 4, points_per_pair: int = 256, temperature: float = 0.1,

@@ -370,14 +370,17 @@ class LDNet(nn.Module):
         t = self.trunk(x)
         return self.embed(t), self.cluster(t)
 
+    @contextlib.contextmanager
     def compiled(self, enabled: bool = True):
         """Within the block, the encoder, decoder and heads run through ``torch.compile``.
 
         The parts are compiled rather than ``self``, because training calls :meth:`trunk`,
         :meth:`embed` and :meth:`cluster`, which a compiled ``forward`` would not cover.
-        Leaving the block restores plain modules, which pickle and copy as usual.
+        Leaving the block restores plain modules, which pickle and copy as usual. Yields the
+        network itself.
         """
-        return compiled_modules(self.parts(), enabled)
+        with compiled_modules(self.parts(), enabled):
+            yield self
 
     def parts(self) -> list[nn.Module]:
         """The encoder, the decoder and the two heads: what :meth:`compiled` compiles."""

@@ -224,6 +224,7 @@ class LocalDiscriminationTask(Task):
     """
 
     kind = "pretraining"
+    distributed = True
 
     def __init__(self, images: ImageCollection, config: PretrainingConfig, schedule: Schedule, spec: InputSpec,
                  channels_last: bool = True, seed: int = 0):

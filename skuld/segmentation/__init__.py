@@ -10,8 +10,15 @@
 from .atlas import atlas_probability, shape_atlas
 from .fov import field_of_view, fields_of_view, fundus_field_of_view
 from .priors import ShapePriorTerm, check_priors, prior_zooms
-from .pseudo_labels import (UNSURE, atlas_labels, ld_labels, ld_probabilities, ridge_labels, ridge_sigmas,
-                            structure_fraction)
+from .pseudo_labels import (
+    UNSURE,
+    atlas_labels,
+    ld_labels,
+    ld_probabilities,
+    ridge_labels,
+    ridge_sigmas,
+    structure_fraction,
+)
 from .ridges import ridge_pseudo_labels, ridge_segmentation, ridge_strength
 from .transfer import SegmentationConfig, SegmentationTask, check_masks, mask_classes, training_data
 

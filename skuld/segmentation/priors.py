@@ -10,6 +10,8 @@ tensors in [0, 1] (1 = structure).
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 
 import numpy as np
@@ -266,8 +268,28 @@ class ShapePriorTerm(LossTerm):
         target = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))]).to(logits)
         return F.binary_cross_entropy_with_logits(logits, target) * 2
 
+    def fingerprint(self) -> dict:
+        """The term's settings and a digest of the prior masks and their zooms."""
+        digest = hashlib.sha256()
+        for prior, zoom in zip(self.sampler.priors, self.sampler.scales):
+            digest.update(prior.detach().cpu().numpy().tobytes())
+            digest.update(repr((tuple(prior.shape), zoom)).encode())
+        return {"weight": self.weight, "area_weight": self.area_weight, "binarize": self.binarize,
+                "dark_threshold": self.dark_threshold, "margin": self.margin, "rotation": self.sampler.rotation,
+                "learning_rate": self.optimizer.defaults["lr"], "priors": digest.hexdigest()[:16]}
+
     def state_dict(self) -> dict:
         return {"discriminator": to_cpu(self.discriminator.state_dict()), "optimizer": to_cpu(self.optimizer.state_dict())}
+
+    def snapshot(self):
+        """Copies on the discriminator's device (no transfer to the CPU at every step)."""
+        return ({k: v.detach().clone() for k, v in self.discriminator.state_dict().items()},
+                copy.deepcopy(self.optimizer.state_dict()))
+
+    def restore(self, snapshot) -> None:
+        weights, optimizer = snapshot
+        self.discriminator.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer)
 
     def load_state_dict(self, state: dict) -> None:
         self.discriminator.load_state_dict(state["discriminator"])

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from skuld.engine import Callback, Checkpointing, EngineConfig, LossTerm, Task, TrainingState, read_resumable, restore, train
+from skuld.engine import (
+    Callback,
+    Checkpointing,
+    EngineConfig,
+    LossTerm,
+    Task,
+    TrainingState,
+    read_resumable,
+    restore,
+    train,
+)
 
 W_TRUE = torch.tensor([[2.0], [-1.0]])
 

@@ -9,8 +9,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from skuld import LocalDiscriminativeEncoder
-from skuld.nn import SegmentationUNet
 from skuld.estimators.encoder import CHECKPOINT_NAME
+from skuld.nn import SegmentationUNet
 
 from ..helpers import TINY, blobs
 
@@ -288,3 +288,31 @@ def test_interruption_inside_a_step_keeps_the_last_completed_step(gray, tmp_path
     monkeypatch.setattr(LocalDiscriminationTask, "loss", real)
     resumed = tiny(max_iter=5, checkpoint_dir=str(tmp_path)).fit(gray)
     np.testing.assert_array_equal(resumed.transform(gray[:1]), straight.transform(gray[:1]))
+
+
+def test_a_checkpoint_of_other_images_is_not_resumed(gray, tmp_path):
+    tiny(checkpoint_dir=str(tmp_path)).fit(gray)
+    with pytest.raises(ValueError, match="other values of data"):
+        tiny(checkpoint_dir=str(tmp_path)).fit(gray[::-1].copy())
+    tiny(checkpoint_dir=str(tmp_path)).fit(gray)  # the same images: resumed (here: already done)
+
+
+def test_a_warm_start_keeps_the_fitted_crop_size(gray, monkeypatch):
+    import skuld.estimators.encoder as encoder_module
+
+    seen, real = [], encoder_module.LocalDiscriminationTask
+
+    def recording(images, config, *args, **kwargs):
+        seen.append(config.crop_size)
+        return real(images, config, *args, **kwargs)
+
+    monkeypatch.setattr(encoder_module, "LocalDiscriminationTask", recording)
+    enc = tiny(max_iter=1).fit(gray)
+    enc.set_params(crop_size=48, warm_start=True).fit(gray)
+    enc.partial_fit(gray)
+    assert seen == [32, 32, 32] and enc.crop_size_ == 32
+
+
+def test_a_fresh_fit_of_an_unpickled_encoder_starts_from_scratch(gray):
+    enc = pickle.loads(pickle.dumps(tiny(max_iter=2).fit(gray)))
+    np.testing.assert_array_equal(enc.fit(gray).transform(gray[:1]), tiny(max_iter=2).fit(gray).transform(gray[:1]))

@@ -1,5 +1,7 @@
 """OneShotLandmarkLocator on synthetic phantoms with known landmarks."""
 
+import warnings
+
 import joblib
 import numpy as np
 import pytest
@@ -8,10 +10,11 @@ from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 
 from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator
-from skuld.preprocessing import resize, to_tensor
 from skuld.matching import rescale_points
+from skuld.preprocessing import resize, to_tensor
 
 from ..helpers import TINY, phantom, rotation
+
 
 @pytest.fixture(scope="module")
 def encoder():
@@ -274,3 +277,14 @@ def test_the_parameters_of_earlier_releases_still_work_with_a_future_warning(enc
                                n_pseudo_templates=0, random_state=0).fit(template, marks)
     np.testing.assert_array_equal(a.predict(query), b.predict(query))
     assert b.encoder_.random_state == 0  # a recipe without a seed takes the locator's
+
+
+def test_a_deprecated_name_warns_at_fit_only(encoder):
+    template, marks = phantom()
+    with pytest.warns(FutureWarning):
+        loc = locator(encoder, prior_weight=0.5).fit(template, marks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        loc.predict(template[None])
+    with pytest.raises(ValueError, match="not both"), pytest.warns(FutureWarning):
+        locator(encoder, prior_weight=0.5, coarse_weight=0.2).fit(template, marks)

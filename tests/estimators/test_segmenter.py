@@ -242,7 +242,8 @@ def test_bad_test_time_augmentation_is_named_and_old_models_load(fitted):
 @settings(max_examples=30, deadline=None)
 @given(h=st.integers(1, 9), w=st.integers(1, 9), seed=st.integers(0, 2**16))
 def test_each_view_is_undone_and_the_eight_views_differ(h, w, seed):
-    from skuld.inference import dihedral_view as _view, undo_dihedral_view as _unview
+    from skuld.inference import dihedral_view as _view
+    from skuld.inference import undo_dihedral_view as _unview
 
     x = torch.from_numpy(np.random.default_rng(seed).random((2, h, w)))
     for k in range(8):

@@ -10,12 +10,10 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from skuld import ShapeGuidedSegmenter
+from skuld import ClusterCollapseWarning, ShapeGuidedSegmenter
 from skuld.estimators import auto
 from skuld.nn.shape_prior import PriorSampler, structure_width
-from skuld.segmentation import ShapePriorTerm
-from skuld import ClusterCollapseWarning
-from skuld.segmentation import fundus_field_of_view
+from skuld.segmentation import ShapePriorTerm, fundus_field_of_view
 
 from ..helpers import branching_shapes, ellipse_shapes, lung_shapes, lungs, tubes
 
@@ -179,7 +177,7 @@ def test_bad_priors_are_named(data):
     with pytest.raises(ValueError, match="unknown LocalDiscriminativeEncoder parameters"), \
             pytest.warns(FutureWarning, match="deprecated"):
         ShapeGuidedSegmenter(encoder_params={"colour": 1}).fit(X, branching_shapes(1))
-    with pytest.raises(ValueError, match="not also as"):
+    with pytest.raises(ValueError, match="not also as"), pytest.warns(FutureWarning):
         small(max_iter=3).set_params(n_clusters=4).fit(X, branching_shapes(1))
     with pytest.raises(NotFittedError):
         ShapeGuidedSegmenter().predict(X)
@@ -313,3 +311,16 @@ def test_the_recipe_takes_the_segmenters_orientation_runtime_and_seed(data):
     assert (enc.rotation, enc.rot90, enc.device, enc.random_state) == (0.0, False, "cpu", 3)
     assert recipe.rotation == 180.0 and not hasattr(recipe, "model_")  # the recipe itself is untouched
     assert enc.crop_scale == "native" and enc.lr_halvings == 3
+
+
+def test_a_checkpoint_of_other_priors_is_not_resumed_and_a_fitted_encoder_is_refused(data, tmp_path):
+    X, _, priors = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ClusterCollapseWarning)
+        small(2, refine=False, checkpoint_dir=str(tmp_path)).fit(X[:2], priors)
+        with pytest.raises(ValueError, match="other values of terms"):
+            small(2, refine=False, checkpoint_dir=str(tmp_path)).fit(X[:2], priors[::-1])
+        seg = small(2, refine=False).fit(X[:2], priors)
+    assert seg.ridge_sigmas_ and seg.pseudo_labels_ == "ridge"  # the route's attributes, also without refinement
+    with pytest.raises(ValueError, match="encoder is fitted"):
+        ShapeGuidedSegmenter(seg.encoder_).fit(X[:2], priors)

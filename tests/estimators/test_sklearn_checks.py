@@ -11,8 +11,15 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skuld import (LocalDiscriminativeEncoder, OneShotLandmarkLocator, PixelClassifier, PixelIndex, PixelSampler,
-                   ShapeGuidedSegmenter, TransferSegmenter)
+from skuld import (
+    LocalDiscriminativeEncoder,
+    OneShotLandmarkLocator,
+    PixelClassifier,
+    PixelIndex,
+    PixelSampler,
+    ShapeGuidedSegmenter,
+    TransferSegmenter,
+)
 
 from ..helpers import TINY, blobs
 

@@ -5,9 +5,21 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from skuld.landmarks import (ImageFeatures, MatchConfig, check_landmarks, coarse_points, enforce_shape, fixed_mask,
-                             frame_search, locate, make_template, per_level, refine, round_trip_error,
-                             similarity_maps)
+from skuld.landmarks import (
+    ImageFeatures,
+    MatchConfig,
+    check_landmarks,
+    coarse_points,
+    enforce_shape,
+    fixed_mask,
+    frame_search,
+    locate,
+    make_template,
+    per_level,
+    refine,
+    round_trip_error,
+    similarity_maps,
+)
 
 H, W = 48, 64
 MARKS = np.array([[8.0, 10.0], [50.0, 8.0], [12.0, 38.0], [54.0, 40.0], [30.0, 24.0]])

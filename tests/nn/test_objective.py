@@ -1,10 +1,9 @@
 import pytest
 import torch
 
+from benchmarks.naive_ld import naive_objective
 from skuld.nn import LDNet, ObjectiveConfig, ViewConfig, ld_objective, make_views
 from skuld.preprocessing import normalize
-
-from benchmarks.naive_ld import naive_objective
 
 
 def batch(channels=3, b=2, s=32, seed=0):

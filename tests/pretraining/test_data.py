@@ -3,9 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from skuld.io import ImageCollection
 from skuld.preprocessing import working_shape
 from skuld.pretraining import PairCropDataset, random_resized_crop_box
-from skuld.io import ImageCollection
 
 
 @given(h=st.integers(1, 3000), w=st.integers(1, 3000), size=st.sampled_from([None, 64, 512]))

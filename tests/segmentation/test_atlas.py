@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skuld.segmentation.atlas import atlas_probability, shape_atlas
 from skuld.metrics import dice
+from skuld.segmentation.atlas import atlas_probability, shape_atlas
 
 from ..helpers import lung_shapes, lungs
 
