@@ -4,10 +4,8 @@
 checkpointing, persistence); :mod:`~skuld.estimators.auto` every ``"auto"`` rule.
 """
 
-import sys
-
 from ..pretraining import task as _pretraining_task
-from . import encoder, index, locator, pixels, segmenter, shape_guided
+from . import encoder, index, legacy, locator, pixels, segmenter, shape_guided
 from .encoder import LocalDiscriminativeEncoder
 from .index import PixelIndex
 from .locator import OneShotLandmarkLocator
@@ -15,13 +13,12 @@ from .pixels import PixelClassifier, PixelSampler
 from .segmenter import TransferSegmenter
 from .shape_guided import ClusterCollapseWarning, ShapeGuidedSegmenter
 
-#: Where skuld 0.1.0 defined the classes its pickles name: models it saved still load with
-#: ``joblib.load`` (their state is upgraded by ``_upgrade_state``). Kept for one release.
-LEGACY_MODULES = {"skuld.encoder": encoder, "skuld.segmenter": segmenter, "skuld.shape_guided": shape_guided,
-                  "skuld.locator": locator, "skuld.index": index, "skuld.pixels": pixels,
-                  "skuld.training": _pretraining_task}
-for _name, _module in LEGACY_MODULES.items():
-    sys.modules.setdefault(_name, _module)
+# Models pickled by skuld 0.1.0 name these module paths; they still load with joblib.load (for
+# one release: skuld.estimators.legacy).
+legacy.register_old_module_paths({
+    "skuld.encoder": encoder, "skuld.segmenter": segmenter, "skuld.shape_guided": shape_guided,
+    "skuld.locator": locator, "skuld.index": index, "skuld.pixels": pixels, "skuld.training": _pretraining_task,
+})
 
 __all__ = ["ClusterCollapseWarning", "LocalDiscriminativeEncoder", "OneShotLandmarkLocator", "PixelClassifier",
            "PixelIndex", "PixelSampler", "ShapeGuidedSegmenter", "TransferSegmenter"]

@@ -26,6 +26,7 @@ from .. import distributed
 from ..engine import Callback, Checkpointing, Runtime, log
 from ..engine.checkpoint import canonical
 from ..nn.network import LDNet, SegmentationUNet
+from . import legacy
 
 #: One definition of every parameter that several estimators have.
 COMMON_CONSTRAINTS = {
@@ -143,18 +144,6 @@ def fingerprint_value(value):
     return canonical(value)
 
 
-def _legacy_payload(name: str, payload: dict | None) -> dict | None:
-    """A module payload as this skuld writes it: skuld 0.1.0 wrote no "type", and a segmenter's
-    constructor arguments beside its state dict."""
-    if payload is None or "type" in payload:
-        return payload
-    if name == "net_":
-        payload = dict(payload)
-        sd = payload.pop("state_dict")
-        return {"type": "SegmentationUNet", "config": payload, "state_dict": sd}
-    return {"type": "LDNet", **payload}
-
-
 class _SklearnCallbacks(Callback):
     """scikit-learn's callbacks (``set_callbacks``) as engine callbacks: one "step" task per step."""
 
@@ -247,12 +236,9 @@ class SkuldEstimator(BaseEstimator):
             state["device_"] = str(state["device_"])
         return state
 
-    def _upgrade_state(self, state: dict) -> None:
-        """Bring the pickled state of an earlier skuld to this one's (in place); see subclasses."""
-
     def __setstate__(self, state):
-        self._upgrade_state(state)
-        payloads = {name: _legacy_payload(name, state.pop(f"_{name}payload", None)) for name in self._modules}
+        legacy.upgrade(type(self).__name__, state)
+        payloads = {name: legacy.module_payload(name, state.pop(f"_{name}payload", None)) for name in self._modules}
         # A model saved before a parameter existed behaves as that parameter's default.
         for name, param in inspect.signature(type(self).__init__).parameters.items():
             if name != "self" and name not in state and param.default is not inspect.Parameter.empty:

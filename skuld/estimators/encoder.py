@@ -515,12 +515,6 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
             state["_optimizer_state"] = to_cpu(optimizer.state_dict())
         return state
 
-    def _upgrade_state(self, state: dict) -> None:
-        if "n_channels_in_" in state and "input_spec_" not in state:  # pickled by skuld 0.1.0
-            state.setdefault("crop_size_", 160 if state.get("crop_size") == "auto" else state.get("crop_size"))
-            state.setdefault("image_size_", 256 if state.get("image_size") == "auto" else state.get("image_size"))
-            state["input_spec_"] = InputSpec.from_params(state["n_channels_in_"], state["image_size_"],
-                                                         state.get("normalization", "auto"))
 
     def __setstate__(self, state):
         super().__setstate__(state)

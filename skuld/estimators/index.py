@@ -31,6 +31,7 @@ from ..retrieval import (
     select_pixels,
 )
 from ..retrieval.faiss_index import faiss, ivf, set_search_params
+from . import legacy
 from .base import SkuldEstimator, constraints
 
 __all__ = ["MISSING", "PixelIndex"]
@@ -404,9 +405,7 @@ class PixelIndex(SkuldEstimator):
         return state
 
     def __setstate__(self, state):
-        if "_id_arrays" in state:  # pickled by skuld 0.1.0
-            state["ids_"] = state.pop("_id_arrays")
-            state.pop("_offsets", None)
+        legacy.upgrade("PixelIndex", state)
         self.__dict__.update(state)
         if "index_" in state:
             self.index_ = faiss().deserialize_index(state["index_"])

@@ -394,12 +394,6 @@ class OneShotLandmarkLocator(SkuldEstimator):
         state["_template_cache"] = None
         return state
 
-    def _upgrade_state(self, state: dict) -> None:
-        if "coarse_weight" not in state:  # pickled by skuld 0.1.0: prior_weight was the coarse weight
-            state["coarse_weight"] = state.pop("prior_weight", 1.0)
-            state["prior_weight"] = "deprecated"
-            if state.get("encoder_params") is None:
-                state["encoder_params"] = "deprecated"
 
     # ------------------------------------------------------------------ predict
     def _predict_all(self, X, return_similarity=False):

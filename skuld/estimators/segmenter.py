@@ -340,10 +340,6 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         regions = None if self.ignore_label is None else [m != self.ignore_label for m in masks]
         return class_dice(self.predict(X), masks, self.classes_[1:], sample_weight, regions=regions)
 
-    def _upgrade_state(self, state: dict) -> None:
-        if "n_channels_in_" in state and "input_spec_" not in state:  # pickled by skuld 0.1.0
-            state["input_spec_"] = InputSpec(state["n_channels_in_"], state["image_size_"], tuple(state.pop("_mean")),
-                                             tuple(state.pop("_std")))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -527,8 +527,6 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         regions = fields_of_view(images, mask, self.fov)
         return dice(list(self.predict(X, mask=regions, mode=mode)), truth, mask=regions)
 
-    def _upgrade_state(self, state: dict) -> None:
-        state.setdefault("test_time_augmentation", None)  # saved before the parameter existed: one view
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
