@@ -13,6 +13,7 @@ from .estimators import (
     ShapeGuidedSegmenter,
     TransferSegmenter,
 )
+from .estimators.persistence import load, save
 
 __version__ = "0.1.0"
 __all__ = [
@@ -25,4 +26,6 @@ __all__ = [
     "ShapeGuidedSegmenter",
     "TransferSegmenter",
     "__version__",
+    "load",
+    "save",
 ]

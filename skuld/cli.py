@@ -1,8 +1,14 @@
-"""The ``skuld`` command line: ``skuld demo``, ``skuld fit``, ``skuld embed``, ``skuld index``."""
+"""The ``skuld`` command line: ``demo``, ``fit``, ``embed``, ``index`` and ``query``.
+
+Models are read and written as skuld model files (:func:`skuld.save`), which cannot run code;
+a pickle is read only with ``--allow-pickle``. Every output that holds embeddings records the
+model that computed them and refuses to mix in another model's (``--overwrite`` replaces).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -23,53 +29,106 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_fit(args) -> int:
-    import joblib
-
-    from .estimators import LocalDiscriminativeEncoder
+def _check_writable(path: str, what: str, folder: bool = False) -> None:
+    """``ValueError`` naming ``path`` when it cannot be written, before any long work."""
     from .io import atomic_write
+
+    probe = os.path.join(path, ".skuld-write-probe") if folder else os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.write-probe")
+    try:
+        atomic_write(probe, lambda tmp: open(tmp, "w").close())
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from None
+
+
+def _paths(specs) -> list[str]:
+    from .io import expand_paths
+
+    return [p for spec in specs for p in expand_paths(spec)]
+
+
+def _cmd_fit(args) -> int:
+    from .distributed import rank, world_size
+    from .estimators import LocalDiscriminativeEncoder
+    from .estimators.persistence import save
 
     params = dict(max_iter=args.max_iter, crop_size=args.crop_size, batch_size=args.batch_size,
                   image_size=None if args.image_size == 0 else args.image_size, random_state=args.random_state,
-                  device=args.device, checkpoint_dir=args.checkpoint_dir, verbose=1)
+                  device=args.device, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                  verbose=1)
     if args.no_rotation:
         params.update(rotation=0.0, rot90=False)
     params = {k: v for k, v in params.items() if v is not None}
-    from .distributed import rank, world_size
-
+    paths = _paths(args.images)
+    if rank() == 0:  # a run that cannot keep its result must fail now, not after training
+        _check_writable(args.out, "model")
+        if args.checkpoint_dir:
+            _check_writable(args.checkpoint_dir, "checkpoints", folder=True)
     enc = LocalDiscriminativeEncoder(**params)
     if rank() != 0:
         enc.set_params(verbose=0)
-    enc.fit(args.images)
+    enc.fit(paths)
     if rank() == 0:
-        atomic_write(args.out, lambda tmp: joblib.dump(enc, tmp))
+        save(enc, args.out)
         print(f"wrote {os.path.abspath(args.out)} ({enc.n_iter_} steps of {world_size()} x {enc.batch_size} items, "
               f"final loss {enc.loss_history_[-1]['loss']:.3f})")
     return 0
 
 
+def _load_model(path: str, allow_pickle: bool):
+    from .estimators.persistence import load
+
+    model = load(path, allow_pickle=allow_pickle)
+    if not hasattr(model, "transform") or not hasattr(model, "n_channels_in_"):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted encoder (from 'skuld fit')")
+    return model
+
+
+def _record(path: str, record: dict, overwrite: bool, what: str) -> int:
+    """Compare an output's model record with ``record``: refuse another model's output unless
+    ``overwrite``; write the record. Returns 1 when an earlier record of this model was found."""
+    from .io import atomic_write
+
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("model") == record["model"] and old.get("dtype") == record["dtype"] and not overwrite:
+            return 1
+        if not overwrite:
+            raise ValueError(f"{what} holds embeddings of another model ({old.get('model')}, {old.get('dtype')}; this "
+                             f"one is {record['model']}, {record['dtype']}): use --overwrite to replace them, or "
+                             "another output")
+    atomic_write(path, lambda tmp: _write_text(tmp, json.dumps(record, indent=1)))
+    return 0
+
+
 def _cmd_embed(args) -> int:
-    import joblib
     import numpy as np
 
-    from .io import ImageCollection, atomic_write, expand_paths
+    from .estimators.persistence import model_fingerprint
+    from .io import ImageCollection, atomic_write
     from .retrieval import embed_each
 
-    enc = joblib.load(args.model)
-    paths = [p for spec in args.images for p in expand_paths(spec)]
-    dtype = np.float16 if args.float16 else np.float32
     if sum(bool(x) for x in (args.out, args.stack, args.store)) != 1:
         raise ValueError("give one of --out (one .npy per image), --stack (one (n, H, W, D) array, one image size) "
                          "or --store (a folder for images of any sizes)")
+    enc = _load_model(args.model, args.allow_pickle)
+    paths = _paths(args.images)
+    dtype = np.float16 if args.float16 else np.float32
     images = ImageCollection(paths, n_channels=enc.n_channels_in_)
+    record = {"model": model_fingerprint(enc), "model_file": os.path.abspath(args.model),
+              "dtype": np.dtype(dtype).name}
     if args.stack:
-        return _embed_stacked(enc, images, args.stack, dtype, args.overwrite, args.jobs)
+        return _embed_stacked(enc, images, args.stack, dtype, args.overwrite, args.jobs, record)
     if args.store:
-        return _embed_store(enc, images, args.store, dtype, args.overwrite, args.jobs)
+        return _embed_store(enc, images, args.store, dtype, args.overwrite, args.jobs, record)
     os.makedirs(args.out, exist_ok=True)
+    _record(os.path.join(args.out, "skuld-embeddings.json"), record, args.overwrite, args.out)
     targets = [os.path.join(args.out, os.path.splitext(os.path.basename(p))[0] + ".npy") for p in paths]
-    # Files already there were written by an earlier, interrupted run (writes are atomic).
+    # Files already there were written by an earlier, interrupted run of this model (writes are atomic).
     todo = [i for i, t in enumerate(targets) if args.overwrite or not os.path.exists(t)]
+    _report_skipped(len(paths) - len(todo))
     for i, E in embed_each(enc, images, todo, args.jobs):
         E = E.astype(dtype, copy=False)
         atomic_write(targets[i], lambda tmp: _save_npy(tmp, E))
@@ -77,9 +136,14 @@ def _cmd_embed(args) -> int:
     return 0
 
 
-def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
+def _report_skipped(n: int) -> None:
+    if n:
+        print(f"skipped {n} image(s) already embedded by this model (--overwrite recomputes them)", flush=True)
+
+
+def _embed_store(enc, images, folder, dtype, overwrite, jobs, record) -> int:
     """Every image's embeddings in one EmbeddingStore folder (any sizes); resumes an
-    interrupted run over the same images."""
+    interrupted run over the same images with the same model."""
     from .retrieval import EmbeddingStore, embed_each
 
     paths = images.paths
@@ -89,15 +153,27 @@ def _embed_store(enc, images, folder, dtype, overwrite, jobs) -> int:
         store = EmbeddingStore(folder, mode="r+")
         if store.paths != paths or store.shapes != shapes or store.dtype != dtype:
             raise ValueError(f"{folder} holds a store of other images or another dtype: remove it or use --overwrite")
+        if store.model != record["model"]:
+            raise ValueError(f"{folder} holds embeddings of another model ({store.model}; this one is "
+                             f"{record['model']}): use --overwrite to replace them, or another folder")
     if store is None:
-        store = EmbeddingStore.create(folder, paths, shapes, enc.model_.embedding_dim, dtype)
+        store = EmbeddingStore.create(folder, paths, shapes, _dim(enc, images), dtype, model=record["model"])
     start = store.n_complete
+    _report_skipped(start)
     for i, E in embed_each(enc, images, range(start, len(paths)), jobs):
         store.write(i, E)
         print(f"[{i + 1}/{len(paths)}] embedded into {folder}", flush=True)
     print(f"wrote {os.path.abspath(folder)}: {len(paths)} images, {store.n_pixels:,} pixels x {store.dim} "
           f"{store.dtype} (read it with skuld.retrieval.EmbeddingStore)")
     return 0
+
+
+def _dim(enc, images) -> int:
+    """D of the model's embeddings (a skuld encoder says; another model is asked with one image)."""
+    model = getattr(enc, "model_", None)
+    if model is not None and hasattr(model, "embedding_dim"):
+        return int(model.embedding_dim)
+    return int(enc.transform(images[0][None]).shape[-1])
 
 
 def _write_text(path, text: str) -> None:
@@ -112,7 +188,7 @@ def _save_npy(path, array) -> None:
         np.save(f, array)
 
 
-def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
+def _embed_stacked(enc, images, target, dtype, overwrite, jobs, record) -> int:
     """All embeddings in one (n, H, W, D) .npy written through a memory map, so memory holds
     one image at a time; a progress file lets a rerun resume, the final name appears last."""
     import numpy as np
@@ -124,23 +200,31 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
     shapes = {images.shape(i) for i in range(len(paths))}
     if len(shapes) != 1:
         raise ValueError(f"--stack needs images of one size; found {len(shapes)} sizes, e.g. {sorted(shapes)[:3]}")
-    (h, w), d = shapes.pop(), enc.model_.embedding_dim
-    shape = (len(paths), h, w, d)
+    (h, w) = shapes.pop()
     partial, progress = f"{target}.partial.npy", f"{target}.progress"
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    known = _record(f"{target}.model.json", record, overwrite, target)
+    if known and os.path.exists(target) and not os.path.exists(partial):  # complete: this model's, done before
+        done = np.load(target, mmap_mode="r")
+        if done.shape[:3] == (len(paths), h, w) and done.dtype == dtype:
+            _report_skipped(len(paths))
+            return 0
     start = 0
-    if not overwrite and os.path.exists(partial) and os.path.exists(progress):
+    if known and os.path.exists(partial) and os.path.exists(progress):
         mm = np.lib.format.open_memmap(partial, mode="r+")
-        if mm.shape != shape or mm.dtype != dtype:
-            raise ValueError(f"{partial} holds {mm.shape} {mm.dtype}, not {shape} {np.dtype(dtype)}: remove it or use --overwrite")
+        if mm.shape[:3] != (len(paths), h, w) or mm.dtype != dtype:
+            raise ValueError(f"{partial} holds {mm.shape} {mm.dtype}, not {(len(paths), h, w)} {np.dtype(dtype)}: "
+                             "remove it or use --overwrite")
         start = int(open(progress).read())
     else:
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(len(paths), h, w, _dim(enc, images)))
+    _report_skipped(start)
     for i, E in embed_each(enc, images, range(start, len(paths)), jobs):
         mm[i] = E
         mm.flush()  # the image is on disk before the progress file counts it
         atomic_write(progress, lambda tmp, n=i + 1: _write_text(tmp, str(n)))
         print(f"[{i + 1}/{len(paths)}] embedded into {partial}", flush=True)
+    shape = mm.shape
     del mm
     os.replace(partial, target)
     os.remove(progress)
@@ -150,13 +234,11 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs) -> int:
 
 
 def _cmd_index(args) -> int:
-    import joblib
-
     from .estimators import PixelIndex
-    from .io import expand_paths
 
-    enc = joblib.load(args.model)
-    paths = [p for spec in args.images for p in expand_paths(spec)]
+    enc = _load_model(args.model, args.allow_pickle)
+    paths = _paths(args.images)
+    _check_writable(args.out, "index")
     index = PixelIndex(index=args.index, stride=args.stride, n_jobs=args.jobs, random_state=0, verbose=1)
     index.fit(paths, encoder=enc)
     index.save(args.out)
@@ -167,19 +249,49 @@ def _cmd_index(args) -> int:
     return 0
 
 
+def _cmd_query(args) -> int:
+    from .estimators import PixelIndex
+    from .estimators.persistence import model_fingerprint
+    from .io import ImageCollection
+
+    index = PixelIndex.load(args.index)
+    enc = _load_model(args.model, args.allow_pickle)
+    if index.embedding_model_ is not None and index.embedding_model_ != model_fingerprint(enc):
+        raise ValueError(f"{args.index} was built with another model ({index.embedding_model_}) than {args.model} "
+                         f"({model_fingerprint(enc)}): its neighbours would mean nothing")
+    images = ImageCollection([args.image], n_channels=enc.n_channels_in_)
+    h, w = images.shape(0)
+    if not (0 <= args.row < h and 0 <= args.col < w):
+        raise ValueError(f"pixel ({args.row}, {args.col}) is outside the {h} x {w} image {args.image}")
+    E = enc.transform(images[0][None])[0]
+    sims, where = index.kneighbors(E[args.row, args.col], k=args.k)
+    names_file = os.path.join(args.index, "images.txt")
+    names = open(names_file).read().splitlines() if os.path.exists(names_file) else None
+    print("similarity\timage\trow\tcol")
+    for s, (img, row, col) in zip(sims[0], where[0]):
+        if img < 0:
+            continue
+        print(f"{s:.4f}\t{names[img] if names and img < len(names) else img}\t{row}\t{col}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="skuld", description="Self-supervised per-pixel embeddings for medical images.")
+    parser.add_argument("--version", action="version", version=f"skuld {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    pickles = "also read a pickled model (it runs code when read: only for files you trust)"
 
     demo = sub.add_parser("demo", help="pretrain on the bundled chest X-rays and write cluster and similarity pictures")
     demo.add_argument("--out", default="skuld-demo", help="folder for the PNGs (default: ./skuld-demo)")
     demo.add_argument("--max-iter", type=int, default=None, help="training steps (default 300)")
     demo.set_defaults(func=_cmd_demo)
 
-    fit = sub.add_parser("fit", help="pretrain a LocalDiscriminativeEncoder on a folder or glob of images "
+    fit = sub.add_parser("fit", help="pretrain a LocalDiscriminativeEncoder on folders, globs or files of images "
                                      "(several processes: torchrun --nproc-per-node=N -m skuld fit ...)")
-    fit.add_argument("images", help="directory, glob pattern ('scans/*.png') or single file")
-    fit.add_argument("--out", required=True, help="where to save the fitted model (joblib)")
+    fit.add_argument("images", nargs="+", help="directories, glob patterns ('scans/*.png') or files")
+    fit.add_argument("--out", required=True, help="where to save the fitted model (a skuld model file, e.g. model.skuld)")
     fit.add_argument("--max-iter", type=int)
     fit.add_argument("--crop-size", type=int)
     fit.add_argument("--image-size", type=int, help="shorter side at working resolution; 0 keeps native size")
@@ -187,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--random-state", type=int)
     fit.add_argument("--device", help="auto, cpu or cuda")
     fit.add_argument("--checkpoint-dir", help="save and resume training checkpoints here")
+    fit.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     fit.add_argument("--no-rotation", action="store_true",
                      help="no rotation invariance (images that share one orientation: X-rays, cephalograms)")
     fit.set_defaults(func=_cmd_fit)
@@ -203,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="processes decoding the next images while one is embedded (default: none; -1: all cores)")
     embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")
     embed.add_argument("--overwrite", action="store_true",
-                       help="recompute images whose .npy exists (by default they are skipped, so a rerun resumes)")
+                       help="recompute every image and replace what the output holds (by default a rerun with the "
+                            "same model resumes, and another model's output is refused)")
+    embed.add_argument("--allow-pickle", action="store_true", help=pickles)
     embed.set_defaults(func=_cmd_embed)
 
     index = sub.add_parser("index", help="build a PixelIndex of images' pixels (embedded one image at a time)")
@@ -214,7 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--index", default="auto", help="FAISS factory string, or auto")
     index.add_argument("--jobs", type=int, default=None,
                        help="processes decoding the next images while one is embedded (default: none; -1: all cores)")
+    index.add_argument("--allow-pickle", action="store_true", help=pickles)
     index.set_defaults(func=_cmd_index)
+
+    query = sub.add_parser("query", help="which indexed pixels look like this one: the k most similar, one a line")
+    query.add_argument("index", help="an index folder written by 'skuld index'")
+    query.add_argument("model", help="the model the index was built with")
+    query.add_argument("image", help="the image holding the query pixel")
+    query.add_argument("row", type=int)
+    query.add_argument("col", type=int)
+    query.add_argument("-k", type=int, default=10, help="neighbours (default 10)")
+    query.add_argument("--allow-pickle", action="store_true", help=pickles)
+    query.set_defaults(func=_cmd_query)
     return parser
 
 

@@ -287,7 +287,8 @@ def predict_maps(model: LDNet, images: ImageCollection, heads: tuple[str, ...], 
     Parameters
     ----------
     model : LDNet
-        Moved to ``runtime.device`` and put in eval mode.
+        Moved to ``runtime.device`` in its memory format (oneDNN's kernels, and so the last bits
+        of bfloat16 outputs, depend on the weights' layout) and put in eval mode.
     images : ImageCollection
     heads : tuple of {"embed", "cluster"}
     spec : InputSpec
@@ -312,7 +313,7 @@ def predict_maps(model: LDNet, images: ImageCollection, heads: tuple[str, ...], 
     >>> maps["embed"].shape, maps["cluster"].shape
     ((2, 40, 50, 8), (2, 40, 50, 4))
     """
-    model.to(runtime.device).eval()
+    model.to(runtime.device, memory_format=runtime.memory_format).eval()  # as trained, however it was loaded
     depths = {head: model.embedding_dim if head == "embed" else model.n_clusters for head in heads}
     return _outputs(images, depths, lambda i, img, out: infer_image(
         model, img, heads=heads, spec=spec, runtime=runtime, out=out, name=images.describe(i)))
@@ -351,7 +352,7 @@ def predict_class_maps(net: torch.nn.Module, images: ImageCollection, n_classes:
     >>> [p.shape for p in P]
     [(40, 50, 3), (64, 32, 3)]
     """
-    net.to(runtime.device).eval()
+    net.to(runtime.device, memory_format=runtime.memory_format).eval()
     return _outputs(images, {"p": n_classes}, lambda i, img, out: segment_image(
         net, img, spec=spec, runtime=runtime, out=out["p"], name=images.describe(i),
         test_time_augmentation=test_time_augmentation))["p"]

@@ -506,7 +506,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """Write a file atomically: ``write(tmp_path)``, then rename the temporary file over ``path``.
 
     A crash or Ctrl-C mid-write leaves any previous file at ``path`` intact, and never a
-    half-written file under the final name. Missing parent folders are created.
+    half-written file under the final name: the new file is flushed to disk (``fsync``) before
+    the rename, and the folder after it, so a power cut cannot leave a renamed but empty file.
+    Temporary files that a killed process left beside ``path`` are removed. Missing parent
+    folders are created.
 
     Parameters
     ----------
@@ -527,10 +530,44 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(str(tmp))
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on some systems: nothing to flush there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temporary files of ``path`` whose writer died (kill -9) before it could remove them."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

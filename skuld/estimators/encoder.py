@@ -525,7 +525,7 @@ def resolve_encoder(spec, name: str = "encoder", random_state=None, settings=Non
     """The encoder an estimator's ``encoder`` parameter stands for.
 
     A fitted :class:`LocalDiscriminativeEncoder`, one wrapped in
-    ``sklearn.frozen.FrozenEstimator``, or the path of one saved with ``joblib.dump`` is
+    ``sklearn.frozen.FrozenEstimator``, or the path of one saved with :func:`skuld.save` is
     returned fitted, as it is. An unfitted one is a recipe: a clone is returned, for the
     caller to fit (what scikit-learn meta-estimators do with their sub-estimators). The one
     rule for recipes: what the encoder learns comes from the recipe; where and how it runs
@@ -556,11 +556,11 @@ def resolve_encoder(spec, name: str = "encoder", random_state=None, settings=Non
         check_is_fitted(enc, "model_")
         return enc
     if isinstance(spec, (str, os.PathLike)):
-        import joblib
+        from .persistence import load
 
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"{name}: no saved encoder at {os.fspath(spec)}")
-        enc = joblib.load(spec)
+        enc = load(spec)  # a model file (skuld.save); a pickle is refused: it could run code
         if not isinstance(enc, LocalDiscriminativeEncoder):
             raise TypeError(f"{spec} holds a {type(enc).__name__}, not a LocalDiscriminativeEncoder")
         check_is_fitted(enc, "model_")

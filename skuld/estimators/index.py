@@ -33,6 +33,7 @@ from ..retrieval import (
 from ..retrieval.faiss_index import faiss, ivf, set_search_params
 from . import legacy
 from .base import SkuldEstimator, constraints
+from .persistence import model_fingerprint
 
 __all__ = ["MISSING", "PixelIndex"]
 
@@ -81,6 +82,9 @@ class PixelIndex(SkuldEstimator):
         The factory string used ("auto" resolved).
     ids_ : skuld.retrieval.PixelIds
         Which pixels of which images the index holds.
+    embedding_model_ : str or None
+        The fingerprint of the encoder that computed the vectors (``encoder=`` of :meth:`fit`),
+        None for given embeddings; :meth:`add` refuses another model's.
 
     Examples
     --------
@@ -152,6 +156,7 @@ class PixelIndex(SkuldEstimator):
         if n == 0:
             raise ValueError("no pixel selected: every mask is empty")
         self.dim_ = src.dim()
+        self.embedding_model_ = model_fingerprint(encoder) if encoder is not None else None
         self.factory_ = auto_factory(n) if self.index == "auto" else self.index
         self.index_ = build_index(self.dim_, self.factory_, self.metric)
         self.n_vectors_, self.n_images_, self.ids_ = 0, 0, PixelIds()
@@ -220,6 +225,10 @@ class PixelIndex(SkuldEstimator):
             Their image numbers, continuing the count: existing numbers never change.
         """
         check_is_fitted(self, "index_")
+        model = model_fingerprint(encoder) if encoder is not None else None
+        if self.embedding_model_ is not None and model != self.embedding_model_:
+            raise ValueError(f"the index holds embeddings of model {self.embedding_model_}; these would come from "
+                             f"{model if model else 'other embeddings'}: one index, one model")
         return np.asarray(self._add(EmbeddingSource(E, masks, encoder, self.n_jobs)))
 
     # ------------------------------------------------------------------ querying
@@ -356,7 +365,8 @@ class PixelIndex(SkuldEstimator):
             faiss().write_index(self.index_, os.path.join(tmp, "index.faiss"))
             np.savez(os.path.join(tmp, "ids.npz"), **self.ids_.arrays())
             with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump({"format": _FORMAT, "params": self.get_params(), "factory": self.factory_, "dim": self.dim_}, f)
+                json.dump({"format": _FORMAT, "params": self.get_params(), "factory": self.factory_, "dim": self.dim_,
+                           "embedding_model": self.embedding_model_}, f)
             old = f"{path}.old-{os.getpid()}"
             if os.path.exists(path):
                 os.replace(path, old)
@@ -392,6 +402,7 @@ class PixelIndex(SkuldEstimator):
             raise ValueError(f"{path} holds a PixelIndex of format {meta.get('format')}, this skuld reads {_FORMAT}")
         est = cls(**meta["params"])
         est.index_, est.factory_, est.dim_ = index, meta["factory"], meta["dim"]
+        est.embedding_model_ = meta.get("embedding_model")
         est.ids_ = PixelIds.from_arrays(ids)
         est.n_vectors_, est.n_images_ = int(index.ntotal), est.ids_.n_images
         set_search_params(index, est.factory_, est.nprobe, est.ef_search)

@@ -103,3 +103,4 @@ def upgrade(estimator: str, state: dict) -> None:
     elif estimator == "PixelIndex" and "_id_arrays" in state:
         state["ids_"] = state.pop("_id_arrays")
         state.pop("_offsets", None)
+        state.setdefault("embedding_model_", None)

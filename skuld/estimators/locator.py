@@ -58,7 +58,7 @@ class OneShotLandmarkLocator(SkuldEstimator):
     Parameters
     ----------
     encoder : LocalDiscriminativeEncoder, FrozenEstimator, str, path or None, default=None
-        A fitted encoder (used as it is), the path of one saved with ``joblib.dump``, an
+        A fitted encoder (used as it is), the path of one saved with :func:`skuld.save`, an
         unfitted one (a recipe: a copy is fitted on ``X_unlabeled`` and the templates, with this
         estimator's ``device`` and ``verbose`` and, when the recipe has none, its int
         ``random_state``), or None: the recipe :meth:`default_encoder`
@@ -373,7 +373,7 @@ class OneShotLandmarkLocator(SkuldEstimator):
 
     def _describe(self, img: np.ndarray):
         runtime = self._runtime_for_matching()
-        model = self.encoder_.model_.to(runtime.device).eval()
+        model = self.encoder_.model_.to(runtime.device, memory_format=runtime.memory_format).eval()
         return describe_image(model, self.encoder_.input_spec_, runtime, img, self.features, sigma=self.sigma,
                               refine_scales=tuple(self.refine_scales), with_frame=bool(self.fixed_landmarks_.any()))
 

@@ -39,7 +39,7 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
     ----------
     encoder : LocalDiscriminativeEncoder, FrozenEstimator, str, path or None, default=None
         Where the U-Net's encoder comes from. A fitted encoder (or one wrapped in
-        ``sklearn.frozen.FrozenEstimator``, or the path of one saved with ``joblib.dump``):
+        ``sklearn.frozen.FrozenEstimator``, or the path of one saved with :func:`skuld.save`):
         its weights are copied in. An unfitted encoder (a recipe): :meth:`fit` first pretrains
         a copy of it on ``X`` and ``X_unlabeled`` without their labels, with this estimator's
         ``device``, ``precision``, ``channels_last``, ``checkpoint_dir`` and ``verbose`` and,

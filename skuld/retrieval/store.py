@@ -45,6 +45,9 @@ class EmbeddingStore:
         float32 or float16.
     n_complete : int
         Images written so far (all of them once the writer finished).
+    model : str or None
+        The fingerprint of the model that computed the embeddings (``skuld embed`` records it
+        and refuses to add another model's).
 
     Examples
     --------
@@ -77,6 +80,7 @@ class EmbeddingStore:
         self.shapes = [tuple(s) for s in meta["shapes"]]
         self.dim = int(meta["dim"])
         self.dtype = np.dtype(meta["dtype"])
+        self.model = meta.get("model")
         self._offsets = np.concatenate([[0], np.cumsum([h * w for h, w in self.shapes])]).astype(np.int64)
         self._data = np.lib.format.open_memmap(os.path.join(self.path, "data.npy"), mode=mode)
         expected = (int(self._offsets[-1]), self.dim)
@@ -86,7 +90,7 @@ class EmbeddingStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, paths: list[str], shapes: list[tuple[int, int]], dim: int,
-               dtype=np.float32) -> "EmbeddingStore":
+               dtype=np.float32, model: str | None = None) -> "EmbeddingStore":
         """Allocate a store for images of the given shapes; returns it open for writing.
 
         Parameters
@@ -100,6 +104,8 @@ class EmbeddingStore:
         dim : int
             D, values per pixel.
         dtype : {numpy.float32, numpy.float16}, default numpy.float32
+        model : str or None, default None
+            The fingerprint of the model that computes the embeddings.
 
         Returns
         -------
@@ -123,7 +129,7 @@ class EmbeddingStore:
         mm = np.lib.format.open_memmap(os.path.join(path, "data.npy"), mode="w+", dtype=dtype, shape=(rows, int(dim)))
         del mm
         meta = {"format": _FORMAT, "paths": [str(p) for p in paths], "shapes": [[int(h), int(w)] for h, w in shapes],
-                "dim": int(dim), "dtype": dtype.name}
+                "dim": int(dim), "dtype": dtype.name, "model": model}
         atomic_write(meta_path, lambda tmp: _write_json(tmp, meta))
         return cls(path, mode="r+")
 

@@ -316,3 +316,18 @@ def test_a_warm_start_keeps_the_fitted_crop_size(gray, monkeypatch):
 def test_a_fresh_fit_of_an_unpickled_encoder_starts_from_scratch(gray):
     enc = pickle.loads(pickle.dumps(tiny(max_iter=2).fit(gray)))
     np.testing.assert_array_equal(enc.fit(gray).transform(gray[:1]), tiny(max_iter=2).fit(gray).transform(gray[:1]))
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_checkpoint_in_the_checkpoint_dir_runs_nothing(gray, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": 2, "kind": "pretraining", "model": _Payload()}, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        tiny(checkpoint_dir=str(tmp_path)).fit(gray)
+    assert not (tmp_path / "pwned").exists()
