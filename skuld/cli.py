@@ -56,7 +56,8 @@ def _cmd_fit(args) -> int:
     params = dict(max_iter=args.max_iter, crop_size=args.crop_size, batch_size=args.batch_size,
                   image_size=None if args.image_size == 0 else args.image_size, random_state=args.random_state,
                   device=args.device, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                  verbose=1)
+                  intensity_range=tuple(args.intensity_range) if args.intensity_range else None,
+                  on_error=args.on_error, verbose=1)
     if args.no_rotation:
         params.update(rotation=0.0, rot90=False)
     params = {k: v for k, v in params.items() if v is not None}
@@ -93,12 +94,13 @@ def _record(path: str, record: dict, overwrite: bool, what: str) -> int:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        if old.get("model") == record["model"] and old.get("dtype") == record["dtype"] and not overwrite:
+        same = [old.get(k, 1 if k == "stride" else None) == record[k] for k in ("model", "dtype", "stride")]
+        if all(same) and not overwrite:
             return 1
         if not overwrite:
-            raise ValueError(f"{what} holds embeddings of another model ({old.get('model')}, {old.get('dtype')}; this "
-                             f"one is {record['model']}, {record['dtype']}): use --overwrite to replace them, or "
-                             "another output")
+            raise ValueError(f"{what} holds embeddings of another model or kind ({old.get('model')}, {old.get('dtype')}, "
+                             f"stride {old.get('stride', 1)}; this one is {record['model']}, {record['dtype']}, stride "
+                             f"{record['stride']}): use --overwrite to replace them, or another output")
     atomic_write(path, lambda tmp: _write_text(tmp, json.dumps(record, indent=1)))
     return 0
 
@@ -107,7 +109,7 @@ def _cmd_embed(args) -> int:
     import numpy as np
 
     from .estimators.persistence import model_fingerprint
-    from .io import ImageCollection, atomic_write
+    from .io import atomic_write
     from .retrieval import embed_each
 
     if sum(bool(x) for x in (args.out, args.stack, args.store)) != 1:
@@ -116,9 +118,16 @@ def _cmd_embed(args) -> int:
     enc = _load_model(args.model, args.allow_pickle)
     paths = _paths(args.images)
     dtype = np.float16 if args.float16 else np.float32
-    images = ImageCollection(paths, n_channels=enc.n_channels_in_)
+    images = enc.input_spec_.collect(paths)
     record = {"model": model_fingerprint(enc), "model_file": os.path.abspath(args.model),
-              "dtype": np.dtype(dtype).name}
+              "dtype": np.dtype(dtype).name, "stride": args.stride}
+    if args.stride < 1:
+        raise ValueError(f"--stride must be at least 1, got {args.stride}")
+    if args.stride > 1 and args.store:
+        raise ValueError("--stride applies to --out and --stack; a --store holds every pixel (its coordinates are "
+                         "pixels of the images)")
+    if args.stride > 1:
+        enc = _Strided(enc, args.stride)
     if args.stack:
         return _embed_stacked(enc, images, args.stack, dtype, args.overwrite, args.jobs, record)
     if args.store:
@@ -134,6 +143,17 @@ def _cmd_embed(args) -> int:
         atomic_write(targets[i], lambda tmp: _save_npy(tmp, E))
         print(f"[{i + 1}/{len(paths)}] {paths[i]} -> {targets[i]} {E.shape} {E.dtype}", flush=True)
     return 0
+
+
+class _Strided:
+    """An encoder whose ``transform`` keeps every ``stride``-th row and column."""
+
+    def __init__(self, enc, stride: int):
+        self.enc, self.stride = enc, stride
+        self.model_ = getattr(enc, "model_", None)
+
+    def transform(self, X):
+        return self.enc.transform(X, stride=self.stride)
 
 
 def _report_skipped(n: int) -> None:
@@ -193,11 +213,13 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs, record) -> int:
     one image at a time; a progress file lets a rerun resume, the final name appears last."""
     import numpy as np
 
+    from .inference import output_shape
     from .io import atomic_write
     from .retrieval import embed_each
 
     paths = images.paths
-    shapes = {images.shape(i) for i in range(len(paths))}
+    stride = getattr(enc, "stride", 1)
+    shapes = {output_shape(*images.shape(i), stride) for i in range(len(paths))}
     if len(shapes) != 1:
         raise ValueError(f"--stack needs images of one size; found {len(shapes)} sizes, e.g. {sorted(shapes)[:3]}")
     (h, w) = shapes.pop()
@@ -252,14 +274,13 @@ def _cmd_index(args) -> int:
 def _cmd_query(args) -> int:
     from .estimators import PixelIndex
     from .estimators.persistence import model_fingerprint
-    from .io import ImageCollection
 
     index = PixelIndex.load(args.index)
     enc = _load_model(args.model, args.allow_pickle)
     if index.embedding_model_ is not None and index.embedding_model_ != model_fingerprint(enc):
         raise ValueError(f"{args.index} was built with another model ({index.embedding_model_}) than {args.model} "
                          f"({model_fingerprint(enc)}): its neighbours would mean nothing")
-    images = ImageCollection([args.image], n_channels=enc.n_channels_in_)
+    images = enc.input_spec_.collect([args.image])
     h, w = images.shape(0)
     if not (0 <= args.row < h and 0 <= args.col < w):
         raise ValueError(f"pixel ({args.row}, {args.col}) is outside the {h} x {w} image {args.image}")
@@ -300,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", help="auto, cpu or cuda")
     fit.add_argument("--checkpoint-dir", help="save and resume training checkpoints here")
     fit.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    fit.add_argument("--intensity-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="raw values shown as black and white, e.g. -160 240 (a CT window in HU) or 0 4095 "
+                          "(12-bit data in 16-bit files); default: each DICOM file's range, the dtype's maximum")
+    fit.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                     help="unreadable or too small images: stop before training (raise, default) or leave them "
+                          "out with a warning (skip)")
     fit.add_argument("--no-rotation", action="store_true",
                      help="no rotation invariance (images that share one orientation: X-rays, cephalograms)")
     fit.set_defaults(func=_cmd_fit)
@@ -315,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--jobs", type=int, default=None,
                        help="processes decoding the next images while one is embedded (default: none; -1: all cores)")
     embed.add_argument("--float16", action="store_true", help="store half-precision embeddings (half the disk)")
+    embed.add_argument("--stride", type=int, default=1,
+                       help="embeddings of every stride-th row and column only (stride^2 times less disk and memory); "
+                            "with --out and --stack")
     embed.add_argument("--overwrite", action="store_true",
                        help="recompute every image and replace what the output holds (by default a rerun with the "
                             "same model resumes, and another model's output is refused)")
@@ -364,7 +394,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError, MemoryError) as exc:
         print(f"skuld {args.command}: error: {exc}", file=sys.stderr)
         return 2
     finally:

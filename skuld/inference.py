@@ -8,6 +8,7 @@ output arrays. Stacked input gives stacked output; a list gives a list.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -136,7 +137,7 @@ def _heads_forward(model: LDNet, x: torch.Tensor, heads: tuple[str, ...], channe
 @torch.inference_mode()
 def infer_image(model: LDNet, img: np.ndarray, *, heads: tuple[str, ...], spec: InputSpec, runtime: Runtime,
                 out: dict[str, np.ndarray], tile_size: int = 1024, tile_margin: int = 96, block_rows: int = 256,
-                name: str = "image") -> None:
+                name: str = "image", stride: int = 1) -> None:
     """Write the per-pixel outputs of one image into ``out[head]`` arrays.
 
     Parameters
@@ -148,13 +149,16 @@ def infer_image(model: LDNet, img: np.ndarray, *, heads: tuple[str, ...], spec: 
     spec : InputSpec
         The model's input path (working resolution, normalisation).
     runtime : Runtime
-    out : dict head -> float32 array of shape (H, W, D) or (H, W, K)
-        Filled in place: embeddings are unit vectors along the last axis, cluster maps sum
-        to 1 along it.
+    out : dict head -> float array of shape (ceil(H / stride), ceil(W / stride), D or K)
+        Filled in place (float32 or float16): embeddings are unit vectors along the last axis,
+        cluster maps sum to 1 along it.
     tile_size, tile_margin, block_rows : int
         Memory bounds (see :func:`tiled_forward`, :func:`skuld.preprocessing.resample_rows`).
     name : str
         How the image is named in errors.
+    stride : int, default=1
+        Output every ``stride``-th row and column: ``out[head][r, c]`` is pixel
+        ``(r * stride, c * stride)``.
 
     Returns
     -------
@@ -185,9 +189,9 @@ def infer_image(model: LDNet, img: np.ndarray, *, heads: tuple[str, ...], spec: 
     for head, m in zip(heads, torch.split(maps, sizes, dim=0)):
         target = out[head]
         if (h, w) == (big_h, big_w):
-            target[...] = m.permute(1, 2, 0).cpu().numpy()
+            target[...] = m[:, ::stride, ::stride].permute(1, 2, 0).cpu().numpy()
             continue
-        for r0, block in resample_rows(m, (big_h, big_w), block_rows):
+        for r0, block in resample_rows(m, (big_h, big_w), block_rows, stride):
             block = torch.nn.functional.normalize(block, dim=0) if head == "embed" else block / block.sum(0, keepdim=True)
             target[r0 : r0 + block.shape[1]] = block.permute(1, 2, 0).cpu().numpy()
 
@@ -261,18 +265,101 @@ def segment_image(net: torch.nn.Module, img: np.ndarray, *, spec: InputSpec, run
         out[r0 : r0 + block.shape[1]] = block.permute(1, 2, 0).cpu().numpy()
 
 
-def _outputs(images: ImageCollection, depths: dict[str, int], fill: Callable[[int, np.ndarray, dict], None]) -> dict:
-    """Per-image float32 outputs ``(H_i, W_i, depth)`` for each name of ``depths``: one stacked
-    ``(n, H, W, depth)`` array each when the images were one stacked array, else lists."""
+def memory_limit() -> int:
+    """Bytes that the outputs of one call may take: half of this machine's memory.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from skuld.inference import memory_limit
+    >>> memory_limit() > 2**20
+    True
+    """
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no guard beyond numpy's
+        return 2**62
+
+
+def output_shape(height: int, width: int, stride: int = 1) -> tuple[int, int]:
+    """``(rows, cols)`` of a per-pixel output taken every ``stride``-th row and column.
+
+    Parameters
+    ----------
+    height, width, stride : int
+
+    Returns
+    -------
+    (int, int)
+        ``(ceil(height / stride), ceil(width / stride))``.
+
+    Examples
+    --------
+    >>> from skuld.inference import output_shape
+    >>> output_shape(512, 300, 4)
+    (128, 75)
+    """
+    return -(-height // stride), -(-width // stride)
+
+
+def check_output_memory(images: ImageCollection, depth: int, stride: int, dtype) -> None:
+    """``MemoryError`` before any work when the outputs would need more than :func:`memory_limit`,
+    with what to change; the message names the largest image.
+
+    Parameters
+    ----------
+    images : ImageCollection
+        Sizes come from file headers where possible (nothing is decoded).
+    depth : int
+        Values per output pixel (summed over the heads).
+    stride : int
+    dtype : numpy dtype of the outputs
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.inference import check_output_memory
+    >>> from skuld.io import ImageCollection
+    >>> check_output_memory(ImageCollection(np.zeros((2, 64, 64))), 32, 1, np.float32)   # 1 MiB: fine
+    """
+    if not isinstance(stride, (int, np.integer)) or isinstance(stride, bool) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    if np.dtype(dtype) not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    itemsize = np.dtype(dtype).itemsize
+    sizes = [output_shape(*images.shape(i), stride) for i in range(len(images))]
+    need = sum(h * w for h, w in sizes) * depth * itemsize
+    if need > memory_limit():
+        big = int(np.argmax([h * w for h, w in sizes]))
+        raise MemoryError(
+            f"the outputs would take {need / 2**30:.1f} GiB ({depth} values per pixel, {np.dtype(dtype).name}; "
+            f"largest: {images.describe(big)}, {images.shape(big)[0]} x {images.shape(big)[1]}), more than half "
+            f"of this machine's memory ({memory_limit() / 2**30:.1f} GiB): pass stride=2 or more (every "
+            f"stride-th pixel), dtype='float16', or fewer images at a time")
+
+
+def _outputs(images: ImageCollection, depths: dict[str, int], fill: Callable[[int, np.ndarray, dict], None],
+             stride: int = 1, dtype=np.float32) -> dict:
+    """Per-image outputs ``(ceil(H_i / stride), ceil(W_i / stride), depth)`` of ``dtype`` for each
+    name of ``depths``: one stacked array each when the images were one stacked array, else lists."""
+    check_output_memory(images, sum(depths.values()), stride, dtype)
+    stride, dtype = int(stride), np.dtype(dtype)
     stacked = not images.is_ragged
     outputs: dict[str, list | np.ndarray] = {}
     for i in range(len(images)):
         img = images[i]
-        h, w = img.shape[:2]
+        h, w = output_shape(*img.shape[:2], stride)
         if stacked and i == 0:
             for k, d in depths.items():
-                outputs[k] = np.empty((len(images), h, w, d), dtype=np.float32)
-        out = {k: outputs[k][i] if stacked else np.empty((h, w, d), np.float32) for k, d in depths.items()}
+                outputs[k] = np.empty((len(images), h, w, d), dtype=dtype)
+        out = {k: outputs[k][i] if stacked else np.empty((h, w, d), dtype) for k, d in depths.items()}
         fill(i, img, out)
         if not stacked:
             for k in depths:
@@ -281,7 +368,7 @@ def _outputs(images: ImageCollection, depths: dict[str, int], fill: Callable[[in
 
 
 def predict_maps(model: LDNet, images: ImageCollection, heads: tuple[str, ...], spec: InputSpec,
-                 runtime: Runtime) -> dict[str, np.ndarray | list]:
+                 runtime: Runtime, stride: int = 1, dtype=np.float32) -> dict[str, np.ndarray | list]:
     """Embeddings and/or cluster maps of every image, at each image's resolution.
 
     Parameters
@@ -293,11 +380,16 @@ def predict_maps(model: LDNet, images: ImageCollection, heads: tuple[str, ...], 
     heads : tuple of {"embed", "cluster"}
     spec : InputSpec
     runtime : Runtime
+    stride : int, default=1
+        Every ``stride``-th row and column of each image (output ``(r, c)``: pixel
+        ``(r * stride, c * stride)``).
+    dtype : {float32, float16}, default=float32
 
     Returns
     -------
-    dict head -> float32 array of shape (n, H, W, D or K), or a list of (H_i, W_i, D or K)
-        arrays when the images are not one stacked array.
+    dict head -> array of shape (n, ceil(H / stride), ceil(W / stride), D or K), or a list of
+        such per-image arrays when the images are not one stacked array. ``MemoryError`` before
+        any work when they would need more than :func:`memory_limit`.
 
     Examples
     --------
@@ -316,7 +408,8 @@ def predict_maps(model: LDNet, images: ImageCollection, heads: tuple[str, ...], 
     model.to(runtime.device, memory_format=runtime.memory_format).eval()  # as trained, however it was loaded
     depths = {head: model.embedding_dim if head == "embed" else model.n_clusters for head in heads}
     return _outputs(images, depths, lambda i, img, out: infer_image(
-        model, img, heads=heads, spec=spec, runtime=runtime, out=out, name=images.describe(i)))
+        model, img, heads=heads, spec=spec, runtime=runtime, out=out, name=images.describe(i), stride=stride),
+        stride, dtype)
 
 
 def predict_class_maps(net: torch.nn.Module, images: ImageCollection, n_classes: int, spec: InputSpec,

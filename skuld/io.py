@@ -4,8 +4,13 @@ Conventions used everywhere in skuld
 ------------------------------------
 * An image is an array of shape ``(H, W)`` (gray) or ``(H, W, 3)`` (RGB), rows first: pixel
   ``(row, col)`` is ``image[row, col]``; the origin is the top-left corner.
-* Integer images are scaled to [0, 1] by their dtype's maximum (uint8 by 255, uint16 by
-  65535); float images are taken to be intensities in [0, 1] already; bool becomes 0/1.
+* Intensities (the rules of ``docs/conventions.md``): an ``intensity_range=(low, high)``, where
+  given, maps ``low`` to 0 and ``high`` to 1 for any numeric dtype (values beyond are clipped: a
+  window; float images already in [0, 1] are intensities and left alone). Without one, a DICOM file's own range is used (``BitsStored``, through its modality
+  LUT); other integer images are scaled by their dtype's maximum (uint8 by 255, uint16 by
+  65535), and wider types that use under a quarter of it warn (:class:`IntensityRangeWarning`:
+  12-bit data in 16-bit files); float images must already be intensities in [0, 1] (up to
+  :data:`FLOAT_TOLERANCE` beyond, from resampling); signed integers need a range; bool is 0/1.
 * Internally every image is a float32 array of shape ``(H, W, C)`` with ``C`` in {1, 3}.
 """
 
@@ -19,6 +24,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+#: How far outside [0, 1] float intensities may go (resampling overshoot) before they are refused.
+FLOAT_TOLERANCE = 0.05
 
 #: File extensions picked up when a directory is given.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".pgm", ".ppm")
@@ -38,6 +46,94 @@ class ImageReadError(ValueError):
     ...     print(err)
     image file not found: no/such/scan.png
     """
+
+
+class IntensityRangeWarning(UserWarning):
+    """An integer image uses a small part of its dtype's range (12-bit data in a 16-bit file, say).
+
+    Such an image is scaled by its dtype's maximum and looks darker to the model than the same
+    image stored in 8 bits; give ``intensity_range=(0, 2**bits - 1)`` to read it as meant.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from skuld.io import ImageCollection, IntensityRangeWarning
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = ImageCollection(np.full((2, 8, 8), 4000, np.uint16))
+    >>> [w.category.__name__ for w in caught]
+    ['IntensityRangeWarning']
+    """
+
+
+def check_intensity_range(intensity_range) -> tuple[float, float] | None:
+    """Validate an ``intensity_range`` parameter: None, or finite ``(low, high)`` with ``low < high``.
+
+    Parameters
+    ----------
+    intensity_range : None or (float, float)
+
+    Returns
+    -------
+    None or tuple of two floats
+
+    Examples
+    --------
+    >>> from skuld.io import check_intensity_range
+    >>> check_intensity_range((-160, 240))
+    (-160.0, 240.0)
+    >>> check_intensity_range((1, 0))
+    Traceback (most recent call last):
+        ...
+    ValueError: intensity_range must be (low, high) with finite low < high, got (1, 0)
+    """
+    if intensity_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in intensity_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"intensity_range must be None or (low, high), got {intensity_range!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high) or isinstance(intensity_range, str):
+        raise ValueError(f"intensity_range must be (low, high) with finite low < high, got {intensity_range!r}")
+    return low, high
+
+
+def intensity_warning(img: np.ndarray, name: str = "image") -> str | None:
+    """Why an integer image wider than 8 bits probably needs an ``intensity_range``, or None.
+
+    Parameters
+    ----------
+    img : ndarray
+        As read (any shape).
+    name : str, default="image"
+
+    Returns
+    -------
+    str or None
+        The message of an :class:`IntensityRangeWarning`: the image's largest value is under a
+        quarter of its dtype's maximum. 8-bit images never warn (a dark photograph is not a
+        mistake).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import intensity_warning
+    >>> print(intensity_warning(np.array([[0, 4000]], np.uint16)))
+    image is uint16 but its largest value is 4000 (a 12-bit image?): ... intensity_range=(0, 4095) if it is 12-bit data
+    >>> intensity_warning(np.array([[0, 200]], np.uint8)) is None
+    True
+    """
+    if not np.issubdtype(img.dtype, np.unsignedinteger) or img.dtype.itemsize == 1 or img.size == 0:
+        return None
+    bits = 8 * img.dtype.itemsize
+    top = int(img.max())
+    if top >= 2 ** (bits - 2):
+        return None
+    used = max(8, top.bit_length())
+    return (f"{name} is {img.dtype} but its largest value is {top} (a {used}-bit image?): it is scaled by "
+            f"{2 ** bits - 1} and looks darker than the same image in 8 bits; give "
+            f"intensity_range=(0, {2 ** used - 1}) if it is {used}-bit data")
 
 
 def check_dense(X, name: str = "X", what: str = "images") -> None:
@@ -109,8 +205,48 @@ def expand_paths(spec: str | os.PathLike) -> list[str]:
     return sorted(paths)
 
 
+def read_pixels(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Decode one image file, and say which range of values its format declares.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    pixels : ndarray
+        As :func:`read_image`.
+    value_range : (float, float) or None
+        For gray DICOM files, the values that ``BitsStored`` allows, through the modality LUT
+        (see :func:`skuld.dicom.read_dicom`); None for other files (their dtype says).
+
+    Examples
+    --------
+    >>> from skuld.datasets import cxr_tiny_dir
+    >>> from skuld.io import read_pixels
+    >>> pixels, value_range = read_pixels(f"{cxr_tiny_dir()}/1.jpg")
+    >>> pixels.dtype, value_range
+    (dtype('uint8'), None)
+    """
+    from .dicom import is_dicom, read_dicom
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(f"image file not found: {path}")
+    if is_dicom(path):
+        try:
+            return read_dicom(path)
+        except (ValueError, ImportError) as exc:
+            raise ImageReadError(f"cannot read image {path}: {exc}") from None
+    return read_image(path), None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode one image file (PNG, JPEG, TIFF, BMP, GIF, DICOM, ...) into its raw array.
+
+    DICOM files (``.dcm``, or the ``DICM`` marker) are read one file at a time with pydicom
+    (:func:`skuld.dicom.read_dicom`: modality LUT, sign, ``MONOCHROME1``), never as the series of
+    their folder.
 
     Parameters
     ----------
@@ -120,8 +256,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     -------
     ndarray
         As stored: ``(H, W)``, ``(H, W, C)`` (C = 1..4), the file's dtype (uint8, uint16,
-        ...). Multi-frame files give their first frame. Raises :class:`ImageReadError` naming the
-        path when the file is missing or corrupt.
+        ...); gray DICOM: float32 values in the file's units (Hounsfield units for CT).
+        Multi-frame files give their first frame (multi-frame DICOM files are refused). Raises
+        :class:`ImageReadError` naming the path when the file is missing, corrupt or not an image.
 
     Examples
     --------
@@ -133,14 +270,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     import imageio.v3 as iio
 
+    from .dicom import is_dicom
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageReadError(f"image file not found: {path}")
+    if is_dicom(path):
+        return read_pixels(path)[0]
     errors = []
     # Pillow first: it decodes PNG, JPEG, BMP, GIF and LZW TIFFs quickly and quietly, where
     # imageio's default TIFF plugin needs extra codecs; imageio's own choice for the rest.
-    attempts = ({"plugin": "pillow"}, {}) if not path.lower().endswith(".dcm") else ({},)
-    for kwargs in attempts:
+    for kwargs in ({"plugin": "pillow"}, {}):
         try:
             with warnings.catch_warnings():
                 # imageio warns about deprecated plugins it merely tries while probing a file.
@@ -152,6 +292,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     else:
         raise ImageReadError(f"cannot read image {path}: {errors[-1]}")
     img = np.asarray(img)
+    if img.ndim < 2 or img.size == 0:
+        raise ImageReadError(f"cannot read image {path}: it decodes to an array of shape {img.shape}, not an image")
     if img.ndim == 3 and img.shape[-1] not in (1, 2, 3, 4):
         img = img[0]  # multi-frame file (GIF, even with one frame; TIFF stack): first frame
     if img.ndim == 4:
@@ -159,11 +301,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return img
 
 
-def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = False) -> np.ndarray:
+def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = False,
+                   intensity_range: tuple[float, float] | None = None) -> np.ndarray:
     """Validate one raw image and return it as float32 ``(H, W, C)`` in [0, 1], C in {1, 3}.
 
-    Integer images are divided by 255 (8-bit) or their dtype's maximum; float images are taken
-    to be in [0, 1] already; bool becomes 0/1.
+    With ``intensity_range=(low, high)``, ``(img - low) / (high - low)`` clipped to [0, 1], for
+    any numeric dtype, except float images already within [0, 1]: those are intensities (skuld's
+    own representation, which estimators hand each other), never windowed twice. Without: integer images are divided by their dtype's maximum (255 for
+    8-bit), float images must be in [0, 1] already (within :data:`FLOAT_TOLERANCE`), signed
+    integers are refused, bool becomes 0/1.
 
     Parameters
     ----------
@@ -173,12 +319,14 @@ def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = Fals
         How the image is named in error messages.
     drop_alpha : bool, default False
         Used for files, where alpha channels are common.
+    intensity_range : (float, float) or None, default None
+        The values that map to 0 and 1 (a window, e.g. ``(-160, 240)`` HU for soft tissue).
 
     Returns
     -------
     ndarray of shape (H, W, C), float32
         ``ValueError`` naming the problem for a wrong ndim or channel count, an empty image,
-        signed integers, NaN or infinity.
+        signed integers or floats outside [0, 1] without a range, NaN or infinity.
 
     Examples
     --------
@@ -209,21 +357,44 @@ def to_float_image(img: np.ndarray, name: str = "image", drop_alpha: bool = Fals
         raise ValueError(f"{name} has {c} channels; skuld takes 1 (gray) or 3 (RGB) channels, shape {img.shape}")
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"{name} is empty, shape {img.shape}")
+    if np.issubdtype(img.dtype, np.complexfloating) or not (img.dtype == bool or np.issubdtype(img.dtype, np.number)):
+        kind = "complex data not supported" if np.issubdtype(img.dtype, np.complexfloating) else "unsupported dtype"
+        raise ValueError(f"{name} has dtype {img.dtype}: {kind}")
+    if intensity_range is not None and img.dtype != bool and not _unit_floats(img):
+        low, high = check_intensity_range(intensity_range)
+        out = ((img.astype(np.float64) - low) / (high - low)).astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+        return np.clip(out, 0.0, 1.0, out=out)
     if img.dtype == bool:
         out = img.astype(np.float32)
     elif np.issubdtype(img.dtype, np.integer):
         info = np.iinfo(img.dtype)
         if info.min < 0:
-            raise ValueError(f"{name} has signed integer dtype {img.dtype}; convert it to float in [0, 1] first")
+            raise ValueError(f"{name} has signed integer dtype {img.dtype}: give intensity_range=(low, high), the "
+                             f"values to show as black and white (e.g. a CT window in HU), or convert it to float "
+                             f"in [0, 1]")
         out = img.astype(np.float32) / (255.0 if info.max <= 255 else float(info.max))
-    elif np.issubdtype(img.dtype, np.floating):
-        out = img.astype(np.float32, copy=False)
     else:
-        kind = "complex data not supported" if np.issubdtype(img.dtype, np.complexfloating) else "unsupported dtype"
-        raise ValueError(f"{name} has dtype {img.dtype}: {kind}")
+        out = img.astype(np.float32, copy=False)
     if not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or infinity")
+    if img.dtype.kind == "f":
+        low, high = float(out.min()), float(out.max())
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+            hint = "divide 8-bit data by 255, " if high <= 255 and low >= 0 else ""
+            raise ValueError(f"{name} has float intensities from {low:g} to {high:g}, outside [0, 1]: skuld reads "
+                             f"float images as intensities in [0, 1]; {hint}or give intensity_range=(low, high), "
+                             f"the values to show as black and white")
     return out
+
+
+def _unit_floats(img: np.ndarray) -> bool:
+    """Float data within [0, 1] (up to :data:`FLOAT_TOLERANCE`): intensities already."""
+    if img.dtype.kind != "f" or img.size == 0:
+        return False
+    finite = img[np.isfinite(img)] if not np.isfinite(img).all() else img
+    return finite.size > 0 and float(finite.min()) >= -FLOAT_TOLERANCE and float(finite.max()) <= 1 + FLOAT_TOLERANCE
 
 
 def convert_channels(img: np.ndarray, n_channels: int) -> np.ndarray:
@@ -294,6 +465,10 @@ class ImageCollection:
         is a true colour image).
     name : str, default "X"
         How the collection is named in error messages.
+    intensity_range : (float, float) or None, default None
+        The values that map to 0 and 1 for every image (see :func:`to_float_image`); None: each
+        file's own range (DICOM) or its dtype's. An :class:`IntensityRangeWarning` is given at
+        most once per collection.
 
     Attributes
     ----------
@@ -317,8 +492,10 @@ class ImageCollection:
     ValueError: X[0] has 4 channels; skuld takes 1 (gray) or 3 (RGB) channels, shape (8, 8, 4)
     """
 
-    def __init__(self, X, n_channels: int | None = None, name: str = "X"):
+    def __init__(self, X, n_channels: int | None = None, name: str = "X", intensity_range=None):
         self.name = name
+        self.intensity_range = check_intensity_range(intensity_range)
+        self._warned = False
         self.is_ragged = True
         if isinstance(X, (str, os.PathLike)):
             X = expand_paths(X)
@@ -348,10 +525,10 @@ class ImageCollection:
         if self.from_files:
             self._arrays = [None] * len(items)
             if n_channels is None:
-                first = to_float_image(read_image(self._paths[0]), f"image file {self._paths[0]}", drop_alpha=True)
+                first = self._to_float(*read_pixels(self._paths[0]), 0)
                 n_channels = 1 if first.shape[2] == 1 or is_gray_rgb(first) else 3
         else:
-            self._arrays = [to_float_image(x, f"{name}[{i}]") for i, x in enumerate(items)]
+            self._arrays = [self._to_float(x, None, i) for i, x in enumerate(items)]
             channels = {a.shape[2] for a in self._arrays}
             if len(channels) > 1:
                 raise ValueError(f"{name} mixes gray and RGB images; convert them to one channel count")
@@ -375,10 +552,20 @@ class ImageCollection:
         """Image i as float32 (H, W, n_channels) in [0, 1] (files are read now, not cached)."""
         if self._arrays[i] is not None:
             return self._arrays[i]
-        return self._prepare(read_image(self._paths[i]), i)
+        return self._prepare(read_pixels(self._paths[i]), i)
 
-    def _prepare(self, raw: np.ndarray, i: int) -> np.ndarray:
-        img = to_float_image(raw, self.describe(i), drop_alpha=True)
+    def _to_float(self, raw, file_range, i: int) -> np.ndarray:
+        """One image through the intensity rules; the first doubtful one warns."""
+        window = self.intensity_range or file_range
+        if window is None and not self._warned:
+            message = intensity_warning(np.asarray(raw), self.describe(i))
+            if message is not None:
+                self._warned = True
+                warnings.warn(message + " (said once for all images)", IntensityRangeWarning, stacklevel=4)
+        return to_float_image(raw, self.describe(i), drop_alpha=self.from_files, intensity_range=window)
+
+    def _prepare(self, decoded: tuple, i: int) -> np.ndarray:
+        img = self._to_float(*decoded, i)
         return convert_channels(img if not is_gray_rgb(img) else img[:, :, :1], self.n_channels)
 
     def iter_images(self, indices=None, n_jobs: int | None = None):
@@ -423,7 +610,7 @@ class ImageCollection:
         # Workers return the raw decoded array (uint8 for most files: a quarter of float32's
         # bytes through the pipe); the conversion is cheap and happens here.
         with Parallel(n_jobs=workers, backend="loky", return_as="generator", pre_dispatch=2 * workers) as parallel:
-            raws = parallel(delayed(read_image)(self._paths[i]) for i in indices)
+            raws = parallel(delayed(read_pixels)(self._paths[i]) for i in indices)
             for i, raw in zip(indices, raws):
                 yield i, self._prepare(raw, i)
 
@@ -431,14 +618,87 @@ class ImageCollection:
         """(H, W) of image i; for files, from the header when Pillow can read it (no decoding)."""
         if self._arrays[i] is not None:
             return tuple(self._arrays[i].shape[:2])
+        from .dicom import dicom_shape, is_dicom
+
         try:
+            if is_dicom(self._paths[i]):
+                return dicom_shape(self._paths[i])
             from PIL import Image
 
             with Image.open(self._paths[i]) as im:
                 width, height = im.size
             return int(height), int(width)
-        except Exception:  # not a format Pillow knows (DICOM, ...): decode it
+        except Exception:  # not a format Pillow knows, or a header it cannot parse: decode it
             return tuple(self[i].shape[:2])
+
+    def probe(self, i: int) -> tuple[int, int]:
+        """``(H, W)`` of image ``i``, after checking that it can be read: for files, the header is
+        parsed and, where the format allows it without decoding, the data checked (PNG's
+        checksums); files no header reader knows are decoded.
+
+        Parameters
+        ----------
+        i : int
+
+        Returns
+        -------
+        (int, int)
+            :class:`ImageReadError` (or ``ValueError`` for a decoded file that is not an image
+            skuld takes), naming the file.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> from skuld.io import ImageCollection
+        >>> path = os.path.join(tempfile.mkdtemp(), "broken.png")
+        >>> _ = open(path, "wb").write(b"not a png")
+        >>> ImageCollection([path], n_channels=1).probe(0)
+        Traceback (most recent call last):
+            ...
+        skuld.io.ImageReadError: cannot read image .../broken.png: ...
+        """
+        if self._arrays[i] is not None:
+            return tuple(self._arrays[i].shape[:2])
+        from .dicom import dicom_shape, is_dicom
+
+        path = self._paths[i]
+        if not os.path.isfile(path):
+            raise ImageReadError(f"image file not found: {path}")
+        if is_dicom(path):
+            try:
+                return dicom_shape(path)
+            except (ValueError, ImportError) as exc:
+                raise ImageReadError(f"cannot read image {path}: {exc}") from None
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                width, height = im.size
+                im.verify()
+            return int(height), int(width)
+        except Exception:  # not a format Pillow knows, or a damaged file: decoding says which
+            return tuple(self[i].shape[:2])
+
+    def subset(self, indices) -> "ImageCollection":
+        """The images at ``indices``, in that order, as a collection with the same settings.
+
+        Parameters
+        ----------
+        indices : sequence of int
+
+        Returns
+        -------
+        ImageCollection
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skuld.io import ImageCollection
+        >>> len(ImageCollection(np.zeros((3, 8, 8))).subset([2, 0]))
+        2
+        """
+        items = [self._paths[i] if self.from_files else self._arrays[i] for i in indices]
+        return ImageCollection(items, n_channels=self.n_channels, name=self.name, intensity_range=self.intensity_range)
 
     def fingerprint(self) -> str:
         """A digest of what the collection holds: each file's absolute path, size and modification

@@ -225,11 +225,13 @@ def pad_to_multiple(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return x, h, w
 
 
-def resample_rows(src: torch.Tensor, size: tuple[int, int], block_rows: int = 256):
+def resample_rows(src: torch.Tensor, size: tuple[int, int], block_rows: int = 256, stride: int = 1):
     """Bilinearly resample per-pixel maps to ``size``, a block of rows at a time.
 
     Each block equals the matching rows of ``F.interpolate(src[None], size, mode="bilinear",
-    align_corners=False)``, without the whole resampled map ever being in memory.
+    align_corners=False)``, without the whole resampled map ever being in memory. With
+    ``stride``, only every ``stride``-th row and column of that map: output ``(r, c)`` is input
+    pixel ``(r * stride, c * stride)``.
 
     Parameters
     ----------
@@ -238,12 +240,13 @@ def resample_rows(src: torch.Tensor, size: tuple[int, int], block_rows: int = 25
     size : (int, int)
         ``(H, W)``, the input's resolution.
     block_rows : int, default=256
+    stride : int, default=1
 
     Yields
     ------
     row0 : int
         First output row of the block.
-    block : Tensor of shape (K, rows, W)
+    block : Tensor of shape (K, rows, ceil(W / stride))
 
     Examples
     --------
@@ -254,13 +257,65 @@ def resample_rows(src: torch.Tensor, size: tuple[int, int], block_rows: int = 25
     """
     big_h, big_w = size
     c = src.shape[0]
-    xs = (torch.arange(big_w, device=src.device, dtype=torch.float32) + 0.5) * (2.0 / big_w) - 1
-    for r0 in range(0, big_h, block_rows):
-        r1 = min(big_h, r0 + block_rows)
-        ys = (torch.arange(r0, r1, device=src.device, dtype=torch.float32) + 0.5) * (2.0 / big_h) - 1
+    out_h = -(-big_h // stride)
+    xs = (torch.arange(0, big_w, stride, device=src.device, dtype=torch.float32) + 0.5) * (2.0 / big_w) - 1
+    for r0 in range(0, out_h, block_rows):
+        r1 = min(out_h, r0 + block_rows)
+        rows = torch.arange(r0, r1, device=src.device, dtype=torch.float32) * stride
+        ys = (rows + 0.5) * (2.0 / big_h) - 1
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]
         block = F.grid_sample(src[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        yield r0, block[0].reshape(c, r1 - r0, big_w)
+        yield r0, block[0].reshape(c, r1 - r0, len(xs))
+
+
+def check_images(images, on_error: str = "raise"):
+    """Check every image before any long work: readable (files: header and, where cheap, data)
+    and at least :data:`MIN_IMAGE_SIDE` on a side.
+
+    Parameters
+    ----------
+    images : skuld.io.ImageCollection
+    on_error : {"raise", "skip"}, default="raise"
+        "raise": one ``ValueError`` listing every unusable image. "skip": the usable ones, with
+        a warning listing the others (an error when none is usable).
+
+    Returns
+    -------
+    skuld.io.ImageCollection
+        ``images`` itself when all are usable.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuld.io import ImageCollection
+    >>> from skuld.preprocessing import check_images
+    >>> images = ImageCollection([np.zeros((40, 40)), np.zeros((8, 40)), np.zeros((50, 50))])
+    >>> check_images(images)
+    Traceback (most recent call last):
+        ...
+    ValueError: 1 of 3 images cannot be used (on_error="skip" leaves them out): X[1] is 8 x 40 pixels; ...
+    >>> len(check_images(images, on_error="skip"))          # with a warning naming X[1]
+    2
+    """
+    import warnings
+
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
+    problems, usable = [], []
+    for i in range(len(images)):
+        try:
+            check_min_size(*images.probe(i), images.describe(i))
+            usable.append(i)
+        except ValueError as err:  # ImageReadError is one
+            problems.append(str(err))
+    if not problems:
+        return images
+    listed = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+    if on_error == "raise" or not usable:
+        hint = ' (on_error="skip" leaves them out)' if usable else ""
+        raise ValueError(f"{len(problems)} of {len(images)} images cannot be used{hint}: {listed}")
+    warnings.warn(f"leaving out {len(problems)} of {len(images)} images that cannot be used: {listed}", stacklevel=3)
+    return images.subset(usable)
 
 
 @dataclass(frozen=True)
@@ -278,6 +333,9 @@ class InputSpec:
         Shorter side at working resolution (None: native resolution).
     mean, std : tuple of float
         Per-channel normalisation of [0, 1] intensities.
+    intensity_range : (float, float) or None
+        The raw values read as 0 and 1 (see :func:`skuld.io.to_float_image`); None: each file's
+        own range, or its dtype's.
 
     Examples
     --------
@@ -293,11 +351,33 @@ class InputSpec:
     image_size: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    intensity_range: tuple[float, float] | None = None
 
     @classmethod
-    def from_params(cls, n_channels: int, image_size: int | None, normalization="auto") -> "InputSpec":
+    def from_params(cls, n_channels: int, image_size: int | None, normalization="auto",
+                    intensity_range=None) -> "InputSpec":
+        from .io import check_intensity_range
+
         mean, std = intensity_normalizer(normalization, n_channels)
-        return cls(int(n_channels), None if image_size is None else int(image_size), mean, std)
+        return cls(int(n_channels), None if image_size is None else int(image_size), mean, std,
+                   check_intensity_range(intensity_range))
+
+    def collect(self, X, name: str = "X"):
+        """``X`` (any input of the estimators) as an :class:`skuld.io.ImageCollection` this model
+        reads: its channel count enforced, its intensity range applied.
+
+        Parameters
+        ----------
+        X : array, list of arrays or paths, or str
+        name : str, default="X"
+
+        Returns
+        -------
+        skuld.io.ImageCollection
+        """
+        from .io import ImageCollection
+
+        return ImageCollection(X, n_channels=self.n_channels, name=name, intensity_range=self.intensity_range)
 
     def working_shape(self, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` of an ``(height, width)`` image at working resolution."""

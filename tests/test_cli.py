@@ -279,3 +279,18 @@ def test_query_answers_from_a_saved_index_and_refuses_another_model(image_dir, t
 def test_version():
     out = subprocess.run([sys.executable, "-m", "skuld", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"skuld {skuld.__version__}"
+
+
+def test_embed_with_a_stride_and_its_record(tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, img in enumerate(blobs(2, 48)):
+        iio.imwrite(images / f"{i}.png", (img * 255).astype(np.uint8))
+    assert main(["fit", str(images), "--out", str(tmp_path / "m.skuld"), "--max-iter", "1", "--crop-size", "32",
+                 "--image-size", "0", "--batch-size", "1", "--random-state", "0"]) == 0
+    assert main(["embed", str(tmp_path / "m.skuld"), str(images), "--stack", str(tmp_path / "s.npy"),
+                 "--stride", "4"]) == 0
+    assert np.load(tmp_path / "s.npy").shape[:3] == (2, 12, 12)
+    # The same output with another stride: refused, not mixed.
+    assert main(["embed", str(tmp_path / "m.skuld"), str(images), "--stack", str(tmp_path / "s.npy")]) == 2
+    assert "stride 4" in capsys.readouterr().err

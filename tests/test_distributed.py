@@ -138,12 +138,12 @@ def test_cli_fit_under_torchrun(tmp_path):
         iio.imwrite(d / f"{i}.png", (img * 255).astype(np.uint8))
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517", "-m", "skuld",
-         "fit", str(d), "--out", str(tmp_path / "m.joblib"), "--max-iter", "2", "--crop-size", "32",
+         "fit", str(d), "--out", str(tmp_path / "m.skuld"), "--max-iter", "2", "--crop-size", "32",
          "--image-size", "48", "--batch-size", "1", "--random-state", "0", "--device", "cpu"],
         capture_output=True, text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "steps of 2 x 1 items" in out.stdout
-    import joblib
+    import skuld
 
-    assert joblib.load(tmp_path / "m.joblib").n_iter_ == 2
+    assert skuld.load(tmp_path / "m.skuld").n_iter_ == 2

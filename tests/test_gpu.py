@@ -3,11 +3,11 @@
 import subprocess
 import sys
 
-import joblib
 import numpy as np
 import pytest
 import torch
 
+import skuld
 from skuld import LocalDiscriminativeEncoder
 
 from .helpers import TINY, blobs
@@ -33,12 +33,12 @@ def test_a_model_fitted_on_gpu_loads_and_runs_without_one(tmp_path):
     X = blobs(4, 64)
     enc = LocalDiscriminativeEncoder(**{**TINY, "device": "auto"}).fit(X)
     assert enc.device_.type == "cuda"
-    path = tmp_path / "gpu.joblib"
-    joblib.dump(enc, path)
+    path = tmp_path / "gpu.skuld"
+    skuld.save(enc, path)
     np.save(tmp_path / "x.npy", X[:1])
     code = (
-        "import joblib, numpy as np, torch; assert not torch.cuda.is_available(); "
-        f"m = joblib.load({str(path)!r}); E = m.transform(np.load({str(tmp_path / 'x.npy')!r})); "
+        "import skuld, numpy as np, torch; assert not torch.cuda.is_available(); "
+        f"m = skuld.load({str(path)!r}); E = m.transform(np.load({str(tmp_path / 'x.npy')!r})); "
         f"np.save({str(tmp_path / 'e.npy')!r}, E); print(m.device_)"
     )
     env = {"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"}

@@ -33,7 +33,7 @@ PACKAGE = ROOT / "skuld"
 #: Layer of each top-level module or package of skuld; an import may only point to a layer
 #: at or below its own (same-layer imports between different packages are listed apart).
 LAYERS = {
-    "io": 0, "matching": 0, "metrics": 0, "distributed": 0, "render": 0, "datasets": 0,
+    "io": 0, "dicom": 0, "matching": 0, "metrics": 0, "distributed": 0, "render": 0, "datasets": 0,
     "nn": 1,
     "preprocessing": 2, "engine": 2,
     "inference": 3, "pretraining": 3, "landmarks": 3, "segmentation": 3, "retrieval": 3,

@@ -41,6 +41,8 @@ COMMON_CONSTRAINTS = {
     "rotation": [Interval(Real, 0, 180, closed="both")],
     "flips": ["boolean"],
     "normalization": [StrOptions({"auto", "imagenet", "half"}), tuple],
+    "intensity_range": [tuple, list, None],
+    "on_error": [StrOptions({"raise", "skip"})],
     "device": [str, torch.device],
     "precision": [StrOptions({"auto", "fp32", "bf16", "fp16"})],
     "channels_last": ["boolean"],
@@ -54,7 +56,7 @@ COMMON_CONSTRAINTS = {
 #: values of these is resumed (a pretraining run with a longer max_iter continues its schedule;
 #: the segmenter's schedule follows max_iter, which its fingerprint therefore records).
 RUNTIME_PARAMS = frozenset({"max_iter", "verbose", "device", "precision", "num_workers", "checkpoint_dir",
-                            "checkpoint_every", "warm_start", "compile", "memory_saving", "test_time_augmentation"})
+                            "checkpoint_every", "on_error", "warm_start", "compile", "memory_saving", "test_time_augmentation"})
 
 #: Torch modules an estimator may hold as fitted state, rebuilt from their ``config()`` on load.
 _MODULE_TYPES = {"LDNet": LDNet, "SegmentationUNet": SegmentationUNet}

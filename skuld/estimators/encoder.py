@@ -20,7 +20,7 @@ from ..engine import EngineConfig, TrainingState, optimizer_to, read_resumable, 
 from ..inference import predict_maps
 from ..io import ImageCollection
 from ..nn.network import LDNet, VGGEncoder
-from ..preprocessing import InputSpec, check_min_size
+from ..preprocessing import InputSpec, check_images
 from ..pretraining import LocalDiscriminationTask, PretrainingConfig, Schedule, pretraining_config
 from . import auto
 from .base import SkuldEstimator, constraints, draw_seed
@@ -110,6 +110,16 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         against collapsed clusters.
     normalization : {"auto", "imagenet", "half"} or (mean, std), default="auto"
         Intensity normalisation: "auto" is ImageNet statistics for RGB and 0.5/0.5 for gray.
+    intensity_range : (low, high) or None, default=None
+        The raw values read as black (0) and white (1), beyond which values are clipped: a
+        window, e.g. ``(-160, 240)`` Hounsfield units for CT soft tissue or ``(0, 4095)`` for
+        12-bit data in 16-bit files. None: each DICOM file's own range (``BitsStored``), an
+        integer dtype's maximum, floats as [0, 1] (see ``docs/conventions.md``). Kept in
+        ``input_spec_`` and applied to every later input.
+    on_error : {"raise", "skip"}, default="raise"
+        What ``fit`` does with input files that cannot be read or are too small, all of which
+        it checks before the first step: stop with an error that lists them, or leave them out
+        with a warning that lists them.
     device : {"auto", "cpu", "cuda"} or str, default="auto"
         "auto" uses a CUDA GPU when there is one.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
@@ -139,7 +149,9 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         When True and already fitted, :meth:`fit` trains ``max_iter`` more steps from the
         current weights instead of starting over.
     random_state : int, RandomState instance or None, default=None
-        Seeds initialisation, crops and views. An int gives identical results on CPU.
+        Seeds initialisation, crops and views. An int gives identical results on the same
+        machine with the same thread count, ``precision`` (pass "fp32": "auto" depends on the
+        hardware), ``channels_last`` and ``compile`` (``docs/conventions.md``, Reproducibility).
     verbose : int, default=0
         Print progress (loss terms, steps/s) to stderr every 50 steps when > 0.
 
@@ -175,7 +187,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
 
     _parameter_constraints = constraints(
         "max_iter", "batch_size", "crop_size", "image_size", "learning_rate", "pd_fraction", "width", "flips",
-        "rotation", "normalization", "device", "precision", "channels_last", "checkpoint_dir", "checkpoint_every",
+        "rotation", "normalization", "intensity_range", "on_error", "device", "precision", "channels_last", "checkpoint_dir", "checkpoint_every",
         "random_state", "verbose",
         embedding_dim=[Interval(Integral, 2, None, closed="left")],
         n_clusters=[Interval(Integral, 2, None, closed="left")],
@@ -205,7 +217,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
                  crop_scale=(0.9, 1.0), flips=True, rotation=180.0, rot90=True, view_rotation=2.0,
                  color_jitter=(0.4, 0.4, 0.4, 0.02), grayscale_p=0.2, mixup=(0.2, 0.8), patch_grid=8,
                  patch_sigma=None, tau_patch=0.1, tau_region=0.2, region_weight=10.0, entropy_weight=0.1,
-                 area_weight=0.0, normalization="auto", device="auto", precision="auto", channels_last=True,
+                 area_weight=0.0, normalization="auto", intensity_range=None, on_error="raise", device="auto", precision="auto", channels_last=True,
                  compile="auto", memory_saving=False, num_workers="auto", checkpoint_dir=None, checkpoint_every=500,
                  warm_start=False, random_state=None, verbose=0):
         self.embedding_dim = embedding_dim
@@ -234,6 +246,8 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         self.entropy_weight = entropy_weight
         self.area_weight = area_weight
         self.normalization = normalization
+        self.intensity_range = intensity_range
+        self.on_error = on_error
         self.device = device
         self.precision = precision
         self.channels_last = channels_last
@@ -257,7 +271,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         ``sizes``: the fitted (crop, image) sizes, which a warm start keeps."""
         self._validate_params()
         crop, image = self._resolved_sizes() if sizes is None else sizes
-        InputSpec.from_params(1, image, self.normalization)  # names a malformed (mean, std)
+        InputSpec.from_params(1, image, self.normalization, self.intensity_range)  # names a malformed (mean, std)
         return pretraining_config(
             **{k: getattr(self, k) for k in self._STEP_PARAMS}, crop_size=crop,
             crop_scale=auto.native_crop_scale(crop, image) if self.crop_scale == "native" else self.crop_scale,
@@ -271,11 +285,11 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         return crop, image
 
     def _collect(self, X, fitted: bool) -> ImageCollection:
-        images = ImageCollection(X, n_channels=self.n_channels_in_ if fitted else None)
-        if not images.from_files:
-            for i in range(len(images)):
-                check_min_size(*images.shape(i), images.describe(i))
-        return images
+        if fitted:
+            images = self.input_spec_.collect(X)
+        else:
+            images = ImageCollection(X, intensity_range=self.intensity_range)
+        return check_images(images, self.on_error)
 
     # ------------------------------------------------------------------ training
     def _initialize(self, n_channels: int, seed: int) -> None:
@@ -286,7 +300,7 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         self.model_ = model.to(self.device_, memory_format=self._runtime().memory_format)
         self.n_channels_in_ = n_channels
         self.crop_size_, self.image_size_ = self._resolved_sizes()
-        self.input_spec_ = InputSpec.from_params(n_channels, self.image_size_, self.normalization)
+        self.input_spec_ = InputSpec.from_params(n_channels, self.image_size_, self.normalization, self.intensity_range)
         self.n_iter_ = 0
         self.loss_history_ = []
         self._seed = seed
@@ -407,28 +421,36 @@ class LocalDiscriminativeEncoder(CallbackSupportMixin, TransformerMixin, SkuldEs
         return self
 
     # ------------------------------------------------------------------ inference
-    def _maps(self, X, heads: tuple[str, ...]) -> dict:
+    def _maps(self, X, heads: tuple[str, ...], stride=1, dtype="float32") -> dict:
         check_is_fitted(self, "model_")
-        images = ImageCollection(X, n_channels=self.n_channels_in_)
+        images = self.input_spec_.collect(X)
         runtime = self._runtime(fall_back=True)
         self.device_ = runtime.device
-        return predict_maps(self.model_, images, heads, self.input_spec_, runtime)
+        return predict_maps(self.model_, images, heads, self.input_spec_, runtime, stride=stride, dtype=dtype)
 
-    def transform(self, X):
+    def transform(self, X, *, stride=1, dtype="float32"):
         """Per-pixel unit embeddings at the input resolution.
 
         Parameters
         ----------
         X : images, as in :meth:`fit`
             With the channel count the model was fitted on.
+        stride : int, default=1
+            Embeddings of every ``stride``-th row and column only (``stride**2`` times less
+            memory): ``E[i, r, c]`` is pixel ``(r * stride, c * stride)``.
+        dtype : {"float32", "float16"}, default="float32"
+            float16 halves the memory (about 3 decimal digits; cosine similarities change by
+            about 1e-3).
 
         Returns
         -------
-        E : float32 array of shape (n_images, H, W, embedding_dim), or a list of
-            (H_i, W_i, embedding_dim) arrays when X is a list. ``E[i, row, col]`` is the unit
-            (L2 norm 1) embedding of pixel (row, col) of image i.
+        E : array of shape (n_images, ceil(H / stride), ceil(W / stride), embedding_dim), or a
+            list of per-image arrays when X is a list. ``E[i, row, col]`` is the unit (L2 norm 1)
+            embedding of pixel (row * stride, col * stride) of image i. ``MemoryError``, before
+            any work, when the outputs would take more than half of this machine's memory
+            (:func:`skuld.inference.memory_limit`).
         """
-        return self._maps(X, ("embed",))["embed"]
+        return self._maps(X, ("embed",), stride, dtype)["embed"]
 
     def transform_with_clusters(self, X):
         """Embeddings and soft cluster assignments from one pass of the network.

@@ -247,6 +247,12 @@ class OneShotLandmarkLocator(SkuldEstimator):
             refine_radius=per_level(self.refine_radius, n, "refine_radius"), coarse_weight=coarse_weight,
             shape_tolerance=self.shape_tolerance, frame_patch=frame_patch, fusion=self.fusion)
 
+    def _encoder_window(self):
+        """The intensity range the encoder reads with, where known before it is resolved."""
+        enc = getattr(self.encoder, "estimator", self.encoder)  # FrozenEstimator(encoder)
+        spec = getattr(enc, "input_spec_", None)
+        return spec.intensity_range if spec is not None else getattr(enc, "intensity_range", None)
+
     def _fit_encoder(self, templates: ImageCollection, X_unlabeled) -> LocalDiscriminativeEncoder:
         old = self._deprecated(["encoder_params"], "pass encoder=OneShotLandmarkLocator.default_encoder(...) instead")
         enc = resolve_encoder(self.encoder or self.default_encoder(**(old.get("encoder_params") or {})),
@@ -254,7 +260,8 @@ class OneShotLandmarkLocator(SkuldEstimator):
         if hasattr(enc, "model_"):
             return enc  # fitted: used as it is
         parts = [templates] if X_unlabeled is None else [
-            ImageCollection(X_unlabeled, n_channels=templates.n_channels), templates]
+            ImageCollection(X_unlabeled, n_channels=templates.n_channels, intensity_range=templates.intensity_range),
+            templates]
         train = combined(*parts)
         self._log(f"pretraining an encoder on {len(train)} images for {enc.max_iter} steps")
         return enc.fit(train)
@@ -289,7 +296,7 @@ class OneShotLandmarkLocator(SkuldEstimator):
             raise ValueError("give coarse_weight (prior_weight is its deprecated name), not both")
         self._match_config()  # the named errors before any long work
         single = not isinstance(template, (list, tuple))
-        templates = ImageCollection([template] if single else list(template))
+        templates = ImageCollection([template] if single else list(template), intensity_range=self._encoder_window())
         marks = [landmarks] if single else list(landmarks)
         if len(marks) != len(templates):
             raise ValueError(f"{len(templates)} template images but {len(marks)} landmark arrays")
@@ -306,6 +313,8 @@ class OneShotLandmarkLocator(SkuldEstimator):
         if self.encoder_.n_channels_in_ != templates.n_channels:
             raise ValueError(f"the encoder takes {self.encoder_.n_channels_in_}-channel images but the template has "
                              f"{templates.n_channels}")
+        if self.encoder_.input_spec_.intensity_range != templates.intensity_range:  # a saved encoder's own range
+            templates = self.encoder_.input_spec_.collect([template] if single else list(template))
         self.n_landmarks_, self.fixed_landmarks_ = len(pts[0]), fixed
         self.n_channels_in_ = templates.n_channels
         self.templates_ = [(templates[i], p) for i, p in enumerate(pts)]
@@ -314,13 +323,13 @@ class OneShotLandmarkLocator(SkuldEstimator):
         if self.correspondence_steps and X_unlabeled is not None:
             n_anatomical = int((~fixed).sum())
             if n_anatomical >= 3:
-                self._fine_tune_on_correspondences(ImageCollection(X_unlabeled, n_channels=self.n_channels_in_))
+                self._fine_tune_on_correspondences(self.encoder_.input_spec_.collect(X_unlabeled))
             else:  # a thin-plate spline needs three points
                 which = " not in fixed_landmarks" if fixed.any() else ""
                 warnings.warn(f"correspondence fine-tuning needs at least 3 landmarks{which}, the templates have "
                               f"{n_anatomical}: skipped", stacklevel=2)
         if self.n_pseudo_templates and X_unlabeled is not None:
-            self._add_pseudo_templates(ImageCollection(X_unlabeled, n_channels=self.n_channels_in_))
+            self._add_pseudo_templates(self.encoder_.input_spec_.collect(X_unlabeled))
         self.fit_time_ = time.perf_counter() - start
         return self
 
@@ -398,7 +407,7 @@ class OneShotLandmarkLocator(SkuldEstimator):
     # ------------------------------------------------------------------ predict
     def _predict_all(self, X, return_similarity=False):
         check_is_fitted(self, "templates_")
-        images = ImageCollection(X, n_channels=self.n_channels_in_)
+        images = self.encoder_.input_spec_.collect(X)
         coords = np.empty((len(images), self.n_landmarks_, 2))
         conf = np.empty((len(images), self.n_landmarks_))
         maps = []
@@ -425,7 +434,8 @@ class OneShotLandmarkLocator(SkuldEstimator):
         -------
         landmarks : float64 array of shape (n, L, 2)
             ``(x, y)`` pixel coordinates in each input image's own resolution, within the
-            image (``0 <= x <= W - 1``, ``0 <= y <= H - 1``).
+            image (``0 <= x <= W - 1``, ``0 <= y <= H - 1``); NaN for a landmark that no
+            template has (given as NaN in every template).
         similarity : list of n float32 arrays of shape (L, h_i, w_i), only if ``return_similarity``
             Mean cosine similarity of every pixel to each template landmark at the working
             resolution ``(h_i, w_i)`` (shorter side ``encoder_.image_size_``); a working pixel
@@ -448,7 +458,8 @@ class OneShotLandmarkLocator(SkuldEstimator):
             ``(x, y)`` in each image's pixels, as :meth:`predict`.
         confidence : ndarray of shape (n, L), float64, in [0, 1]
             The similarity at the predicted point: the correlation of the last refinement
-            level (or the coarse cosine similarity when refinement is off), clipped to [0, 1].
+            level (or the coarse cosine similarity when refinement is off), clipped to [0, 1];
+            NaN where the landmark is NaN.
         """
         coords, conf, _ = self._predict_all(X)
         return coords, conf

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..engine import EngineConfig, TrainingState, read_resumable, restore, train
 from ..inference import predict_class_maps
-from ..io import ImageCollection, combined
+from ..io import ImageCollection, check_intensity_range, combined
 from ..metrics import class_dice
 from ..nn.network import SIZE_MULTIPLE, SegmentationUNet
 from ..preprocessing import InputSpec
@@ -87,6 +87,9 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         Width multiplier of a randomly initialised U-Net (a pretrained encoder brings its own).
     normalization : {"auto", "imagenet", "half"} or (mean, std), default="auto"
         Intensity normalisation without a pretrained encoder; with one, the encoder's is used.
+    intensity_range : (low, high) or None, default=None
+        The raw values read as 0 and 1 (a window; see ``LocalDiscriminativeEncoder``). With an
+        encoder, None takes the encoder's; a different range is an error.
     test_time_augmentation : {None, "flips", "dihedral"}, default=None
         What :meth:`predict_proba` averages: the image as is (None), its 4 flips ("flips"),
         or its 4 flips and their transposes ("dihedral": all quarter turns too), each mapped
@@ -143,7 +146,7 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
 
     _parameter_constraints = constraints(
         "max_iter", "batch_size", "crop_size", "image_size", "learning_rate", "flips", "rotation", "width",
-        "normalization", "device", "precision", "channels_last", "checkpoint_dir", "checkpoint_every", "random_state",
+        "normalization", "intensity_range", "device", "precision", "channels_last", "checkpoint_dir", "checkpoint_every", "random_state",
         "verbose",
         encoder=ENCODER_CONSTRAINT,
         freeze=[StrOptions({"schedule", "encoder", "none"})],
@@ -157,7 +160,8 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
 
     def __init__(self, encoder=None, *, freeze="schedule", max_iter=500, batch_size=4, crop_size="auto",
                  image_size="auto", learning_rate=1e-3, unfreeze_at=0.5, loss="dice", flips=True, rotation=15.0,
-                 intensity_jitter=0.1, ignore_label=None, width=1.0, normalization="auto", test_time_augmentation=None,
+                 intensity_jitter=0.1, ignore_label=None, width=1.0, normalization="auto", intensity_range=None,
+                 test_time_augmentation=None,
                  device="auto", precision="auto", channels_last=True, checkpoint_dir=None, checkpoint_every=100,
                  random_state=None, verbose=0):
         self.encoder = encoder
@@ -175,6 +179,7 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         self.ignore_label = ignore_label
         self.width = width
         self.normalization = normalization
+        self.intensity_range = intensity_range
         self.test_time_augmentation = test_time_augmentation
         self.device = device
         self.precision = precision
@@ -186,10 +191,24 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
 
     def _pretrain(self, enc: LocalDiscriminativeEncoder, images: ImageCollection, X_unlabeled):
         unl = None if X_unlabeled is None else ImageCollection(X_unlabeled, n_channels=images.n_channels,
-                                                               name="X_unlabeled")
+                                                               name="X_unlabeled",
+                                                               intensity_range=images.intensity_range)
         train = combined(images) if unl is None else combined(unl, images)
         self._log(f"pretraining the encoder on {len(train)} images for {enc.max_iter} steps")
         return enc.fit(train)
+
+    def _window(self, encoder, fitted: bool):
+        """The intensity range of the run: the encoder's and this segmenter's, which must agree."""
+        own = check_intensity_range(self.intensity_range)
+        if encoder is None:
+            return own
+        theirs = encoder.input_spec_.intensity_range if fitted else check_intensity_range(encoder.intensity_range)
+        if own is not None and theirs is not None and own != theirs:
+            raise ValueError(f"intensity_range={own} differs from the encoder's {theirs}: the network would see "
+                             f"intensities other than those it was pretrained on")
+        if not fitted and own is not None:
+            encoder.set_params(intensity_range=own)  # the recipe (a clone) pretrains on the same intensities
+        return own or theirs
 
     @with_callbacks
     def fit(self, X, y, X_unlabeled=None):
@@ -220,7 +239,8 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
             device=self.device, precision=self.precision, channels_last=self.channels_last,
             checkpoint_dir=self.checkpoint_dir, verbose=self.verbose))
         fitted_encoder = spec is not None and hasattr(spec, "model_")
-        images = ImageCollection(X, n_channels=spec.n_channels_in_ if fitted_encoder else None)
+        window = self._window(spec, fitted_encoder)
+        images = ImageCollection(X, n_channels=spec.n_channels_in_ if fitted_encoder else None, intensity_range=window)
         masks = check_masks(y, images)
         classes = mask_classes(masks, self.ignore_label)
         crop = auto.crop_size(self._runtime().device) if self.crop_size == "auto" else self.crop_size
@@ -235,9 +255,9 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         self.pretrained_ = encoder is not None
         self.image_size_ = auto.segmenter_image_size(encoder) if self.image_size == "auto" else self.image_size
         if encoder is not None:
-            self.input_spec_ = InputSpec(self.n_channels_in_, self.image_size_, *encoder.normalization_stats())
+            self.input_spec_ = InputSpec(self.n_channels_in_, self.image_size_, *encoder.normalization_stats(), window)
         else:
-            self.input_spec_ = InputSpec.from_params(self.n_channels_in_, self.image_size_, self.normalization)
+            self.input_spec_ = InputSpec.from_params(self.n_channels_in_, self.image_size_, self.normalization, window)
         xs, ys = training_data(images, masks, classes, self.input_spec_, self.ignore_label)
         # What the run learns from: a recipe counts by its parameters (it is pretrained again),
         # a fitted encoder by its weights, the data by its contents.
@@ -299,7 +319,7 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         check_is_fitted(self, "net_")
         runtime = self._runtime(fall_back=True)
         self.device_ = runtime.device
-        return predict_class_maps(self.net_, ImageCollection(X, n_channels=self.n_channels_in_), len(self.classes_),
+        return predict_class_maps(self.net_, self.input_spec_.collect(X), len(self.classes_),
                                   self.input_spec_, runtime, self.test_time_augmentation)
 
     def predict(self, X):
@@ -336,7 +356,8 @@ class TransferSegmenter(CallbackSupportMixin, SkuldEstimator):
         -------
         float in [0, 1]
         """
-        masks = check_masks(y, ImageCollection(X, n_channels=self.n_channels_in_))
+        check_is_fitted(self, "net_")
+        masks = check_masks(y, self.input_spec_.collect(X))
         regions = None if self.ignore_label is None else [m != self.ignore_label for m in masks]
         return class_dice(self.predict(X), masks, self.classes_[1:], sample_weight, regions=regions)
 

@@ -337,11 +337,11 @@ class ShapeGuidedSegmenter(SkuldEstimator):
             self.__dict__.pop(attr, None)
         if shape_priors is None:
             check_priors(None)  # the named error, before X is looked at
-        images = ImageCollection(X)
+        enc = self._encoder_recipe()
+        images = ImageCollection(X, intensity_range=enc.intensity_range)
         priors = check_priors(shape_priors)
         self.n_channels_in_ = images.n_channels
         seed = draw_seed(self.random_state)
-        enc = self._encoder_recipe()
         device = self._runtime().device
         crop = auto.crop_size(device) if enc.crop_size == "auto" else enc.crop_size
         side = auto.image_size(device) if enc.image_size == "auto" else enc.image_size
@@ -456,7 +456,7 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         """
         check_is_fitted(self, "encoder_")
         mode = self._mode(mode)
-        images = ImageCollection(X, n_channels=self.n_channels_in_)
+        images = self.encoder_.input_spec_.collect(X)
         regions = fields_of_view(images, mask, self.fov)
         tta = auto.test_time_views(self.rotation) if self.test_time_augmentation == "auto" \
             else self.test_time_augmentation
@@ -519,7 +519,8 @@ class ShapeGuidedSegmenter(SkuldEstimator):
         -------
         float in [0, 1]
         """
-        images = ImageCollection(X, n_channels=self.n_channels_in_)
+        check_is_fitted(self, "encoder_")
+        images = self.encoder_.input_spec_.collect(X)
         truth = [np.asarray(t).astype(bool) for t in (list(y) if not isinstance(y, np.ndarray) or y.ndim == 3
                                                        else [y])]
         if len(truth) != len(images):

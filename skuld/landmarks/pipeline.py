@@ -533,7 +533,11 @@ def locate_with(image: ImageFeatures, templates: list[Template], cfg: MatchConfi
     # stays inside (pixel centres from 0 to W - 1 and H - 1).
     out[:, 0] = out[:, 0].clip(0, image.shape[1] - 1)
     out[:, 1] = out[:, 1].clip(0, image.shape[0] - 1)
-    return Located(out, np.clip(confidence, 0, 1), sims.cpu().numpy() if return_similarity else None)
+    confidence = np.clip(confidence, 0, 1)
+    # A landmark no template has is not found anywhere: no point rather than a made-up one.
+    unknown = ~np.any([t.valid for t in templates], axis=0)
+    out[unknown], confidence[unknown] = np.nan, np.nan
+    return Located(out, confidence, sims.cpu().numpy() if return_similarity else None)
 
 
 def locate(image: ImageFeatures, templates: list[Template], cfg: MatchConfig, return_similarity: bool = False) -> Located:
@@ -577,7 +581,9 @@ def locate(image: ImageFeatures, templates: list[Template], cfg: MatchConfig, re
     pts[~np.stack([t.valid for t in templates])] = np.nan
     conf = np.stack([v.confidence for v in votes])
     maps = np.mean([v.similarity for v in votes], axis=0) if return_similarity else None
-    return Located(np.nanmedian(pts, axis=0), np.median(conf, axis=0), maps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: no template has the landmark
+        return Located(np.nanmedian(pts, axis=0), np.nanmedian(conf, axis=0), maps)
 
 
 def round_trip_error(candidate: Template, given: list[Template], given_points: list[np.ndarray],

@@ -331,3 +331,46 @@ def test_a_crafted_checkpoint_in_the_checkpoint_dir_runs_nothing(gray, tmp_path,
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         tiny(checkpoint_dir=str(tmp_path)).fit(gray)
     assert not (tmp_path / "pwned").exists()
+
+
+def _folder_with_a_truncated_file(tmp_path, gray):
+    for i, img in enumerate(gray[:3]):
+        iio.imwrite(tmp_path / f"{i}.png", (img * 255).astype(np.uint8))
+    good = (tmp_path / "0.png").read_bytes()
+    (tmp_path / "9-truncated.png").write_bytes(good[: len(good) // 2])
+    return tmp_path
+
+
+def test_every_file_is_checked_before_the_first_step(tmp_path, gray, monkeypatch):
+    folder = _folder_with_a_truncated_file(tmp_path, gray)
+    monkeypatch.setattr("skuld.estimators.encoder.train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"1 of 4 images cannot be used \(on_error=\"skip\".*9-truncated\.png"):
+        tiny(checkpoint_dir=tmp_path / "ckpt").fit(str(folder))
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+def test_on_error_skip_leaves_unreadable_files_out_with_a_warning(tmp_path, gray):
+    folder = _folder_with_a_truncated_file(tmp_path, gray)
+    with pytest.warns(UserWarning, match=r"leaving out 1 of 4 images.*9-truncated\.png"):
+        enc = tiny(on_error="skip").fit(str(folder))
+    assert enc.n_iter_ == enc.max_iter
+
+
+def test_transform_can_return_every_stride_th_pixel_in_half_precision(fitted, gray):
+    full = fitted.transform(gray[:2])
+    strided = fitted.transform(gray[:2], stride=3, dtype="float16")
+    assert strided.shape == (2, 16, 16, full.shape[-1]) and strided.dtype == np.float16
+    np.testing.assert_allclose(strided.astype(np.float32), full[:, ::3, ::3], atol=2e-3)
+    ragged = fitted.transform([gray[0], gray[1][:40, :35]], stride=4)
+    assert [e.shape[:2] for e in ragged] == [(12, 12), (10, 9)]
+    with pytest.raises(ValueError, match="stride must be an int >= 1"):
+        fitted.transform(gray[:1], stride=0)
+    with pytest.raises(ValueError, match="dtype must be float32 or float16"):
+        fitted.transform(gray[:1], dtype="int8")
+
+
+def test_outputs_beyond_the_memory_guard_are_refused_before_any_work(fitted, gray, monkeypatch):
+    monkeypatch.setattr("skuld.inference.memory_limit", lambda: 48 * 48 * 4 * fitted.embedding_dim)
+    monkeypatch.setattr("skuld.inference.infer_image", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(MemoryError, match=r"outputs would take .* GiB.*X\[0\], 48 x 48.*stride=2.*float16"):
+        fitted.transform(gray[:2])

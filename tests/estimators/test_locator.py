@@ -9,6 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 
+import skuld
 from skuld import LocalDiscriminativeEncoder, OneShotLandmarkLocator
 from skuld.matching import rescale_points
 from skuld.preprocessing import resize, to_tensor
@@ -103,9 +104,16 @@ def test_nan_landmarks_are_ignored_with_a_warning(encoder):
         loc = locator(encoder).fit(template, marks)
     q, mq = phantom(rotation(0, 1, (4, 4)))
     pred = loc.predict(q[None])[0]
-    assert np.isfinite(pred).all()
     keep = [0, 1, 3, 4, 5]
+    assert np.isfinite(pred[keep]).all()
     assert np.linalg.norm(pred[keep] - mq[keep], axis=-1).max() < 4
+    # No template knows landmark 2: it has no answer, rather than a made-up point such as (0, 0).
+    assert np.isnan(pred[2]).all()
+    assert np.isnan(loc.predict_confidence(q[None])[1][0, 2])
+    full = phantom()[1]
+    with pytest.warns(UserWarning, match=r"landmarks \[2\] are NaN"):
+        both = locator(encoder).fit([template, template], [marks, full])
+    assert np.isfinite(both.predict(q[None])[0]).all()                # one template has it
 
 
 def test_bad_input_gets_named_errors(encoder):
@@ -154,8 +162,8 @@ def test_clone_pickle_and_saved_encoder(encoder, tmp_path):
     again = joblib.load(path)
     q = phantom(rotation(0, 1, (5, 0)))[0][None]
     np.testing.assert_allclose(again.predict(q), loc.predict(q), atol=1e-5)
-    enc_path = tmp_path / "enc.joblib"
-    joblib.dump(encoder, enc_path)
+    enc_path = tmp_path / "enc.skuld"
+    skuld.save(encoder, enc_path)
     from_file = locator(str(enc_path)).fit(template, marks)
     np.testing.assert_allclose(from_file.predict(q), loc.predict(q), atol=1e-5)
 

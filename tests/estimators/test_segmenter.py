@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 
+import skuld
 from skuld import LocalDiscriminativeEncoder, TransferSegmenter
 from skuld.nn import SegmentationUNet
 from skuld.segmentation import SegmentationTask
@@ -86,8 +87,8 @@ def test_schedule_trains_decoder_first_then_everything(encoder):
 
 def test_saved_encoder_path_and_unfitted_encoder_recipe(encoder, tmp_path):
     X, y = task(n=2)
-    joblib.dump(encoder, tmp_path / "enc.joblib")
-    seg = TransferSegmenter(encoder=str(tmp_path / "enc.joblib"), **{**SMALL, "max_iter": 2}).fit(X, y)
+    skuld.save(encoder, tmp_path / "enc.skuld")
+    seg = TransferSegmenter(encoder=str(tmp_path / "enc.skuld"), **{**SMALL, "max_iter": 2}).fit(X, y)
     assert seg.pretrained_ and seg.image_size_ == encoder.image_size_
     recipe = LocalDiscriminativeEncoder(**{**TINY, "image_size": None})
     seg = TransferSegmenter(encoder=recipe, **{**SMALL, "max_iter": 2}).fit(X, y, X_unlabeled=blobs(2, 64, seed=9))
