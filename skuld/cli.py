@@ -29,19 +29,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _check_writable(path: str, what: str, folder: bool = False) -> None:
-    """``ValueError`` naming ``path`` when it cannot be written, before any long work."""
-    from .io import atomic_write
-
-    probe = os.path.join(path, ".skuld-write-probe") if folder else os.path.join(
-        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.write-probe")
-    try:
-        atomic_write(probe, lambda tmp: open(tmp, "w").close())
-        os.remove(probe)
-    except OSError as exc:
-        raise ValueError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from None
-
-
 def _paths(specs) -> list[str]:
     from .io import expand_paths
 
@@ -52,6 +39,7 @@ def _cmd_fit(args) -> int:
     from .distributed import rank, world_size
     from .estimators import LocalDiscriminativeEncoder
     from .estimators.persistence import save
+    from .io import check_writable
 
     params = dict(max_iter=args.max_iter, crop_size=args.crop_size, batch_size=args.batch_size,
                   image_size=None if args.image_size == 0 else args.image_size, random_state=args.random_state,
@@ -63,9 +51,9 @@ def _cmd_fit(args) -> int:
     params = {k: v for k, v in params.items() if v is not None}
     paths = _paths(args.images)
     if rank() == 0:  # a run that cannot keep its result must fail now, not after training
-        _check_writable(args.out, "model")
+        check_writable(args.out, "model")
         if args.checkpoint_dir:
-            _check_writable(args.checkpoint_dir, "checkpoints", folder=True)
+            check_writable(args.checkpoint_dir, "checkpoints", folder=True)
     enc = LocalDiscriminativeEncoder(**params)
     if rank() != 0:
         enc.set_params(verbose=0)
@@ -257,10 +245,11 @@ def _embed_stacked(enc, images, target, dtype, overwrite, jobs, record) -> int:
 
 def _cmd_index(args) -> int:
     from .estimators import PixelIndex
+    from .io import check_writable
 
     enc = _load_model(args.model, args.allow_pickle)
     paths = _paths(args.images)
-    _check_writable(args.out, "index")
+    check_writable(args.out, "index")
     index = PixelIndex(index=args.index, stride=args.stride, n_jobs=args.jobs, random_state=0, verbose=1)
     index.fit(paths, encoder=enc)
     index.save(args.out)

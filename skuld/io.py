@@ -802,6 +802,43 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             tmp.unlink()
 
 
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> None:
+    """``ValueError`` naming ``path`` when a file (or, with ``folder``, files inside it) cannot be
+    written there: checked before long work, so that a run never ends unable to keep its result.
+
+    Parameters
+    ----------
+    path : str or path-like
+    what : str
+        What will be written, for the message ("model", "checkpoints").
+    folder : bool, default=False
+        ``path`` is a folder (created if missing) rather than a file.
+
+    Returns
+    -------
+    None
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from skuld.io import check_writable
+    >>> blocker = os.path.join(tempfile.mkdtemp(), "file")
+    >>> _ = open(blocker, "w").write("")
+    >>> check_writable(os.path.join(blocker, "ckpt"), "checkpoints", folder=True)
+    Traceback (most recent call last):
+        ...
+    ValueError: cannot write the checkpoints to .../file/ckpt: ...
+    """
+    path = os.fspath(path)
+    probe = os.path.join(path, ".skuld-write-probe") if folder else os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.write-probe")
+    try:
+        atomic_write(probe, lambda tmp: open(tmp, "w").close())
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write the {what} to {path}: {exc.strerror or exc}") from None
+
+
 def _fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -25,6 +25,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from .. import distributed
 from ..engine import Callback, Checkpointing, Runtime, log
 from ..engine.checkpoint import canonical
+from ..io import check_writable
 from ..nn.network import LDNet, SegmentationUNet
 from . import legacy
 
@@ -208,6 +209,8 @@ class SkuldEstimator(BaseEstimator):
         folder = getattr(self, "checkpoint_dir", None)
         if folder is None:
             return None
+        if distributed.rank() == 0:
+            check_writable(folder, "checkpoints", folder=True)  # now, not after the first 500 steps
         return Checkpointing(os.path.join(os.fspath(folder), filename), int(getattr(self, "checkpoint_every", 500)),
                              kind, self._fingerprint(exclude, **fingerprint), seed)
 

@@ -374,3 +374,11 @@ def test_outputs_beyond_the_memory_guard_are_refused_before_any_work(fitted, gra
     monkeypatch.setattr("skuld.inference.infer_image", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(MemoryError, match=r"outputs would take .* GiB.*X\[0\], 48 x 48.*stride=2.*float16"):
         fitted.transform(gray[:2])
+
+
+def test_an_unwritable_checkpoint_dir_is_refused_before_the_first_step(tmp_path, gray, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr("skuld.estimators.encoder.train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"cannot write the checkpoints to .*a-file/ckpt"):
+        tiny(checkpoint_dir=blocker / "ckpt").fit(gray)
